@@ -1,0 +1,34 @@
+//! Domain types: the resources of Runnel's HTTP API and the events it
+//! produces, with their JSON shapes (camelCase, as the original services had)
+//! and their validation rules. Nothing here knows about HTTP, MongoDB or Kafka.
+
+pub mod store;
+pub mod store_alert;
+
+/// A rule a client-supplied value broke, naming the field (JSON path).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+/// A required text field: present and not blank; returned trimmed.
+pub(crate) fn required_text(field: &str, value: Option<String>) -> Result<String, FieldError> {
+    match value.map(|v| v.trim().to_string()) {
+        None => Err(FieldError::new(field, "is required")),
+        Some(v) if v.is_empty() => Err(FieldError::new(field, "must not be blank")),
+        Some(v) => Ok(v),
+    }
+}
+
+/// A server-generated resource id (a UUID string).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

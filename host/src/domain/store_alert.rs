@@ -1,0 +1,14 @@
+//! StoreAlert: the record `store-alert-to-email` keeps of every alert it mailed.
+//! Only functions create them; the API reads them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreAlert {
+    pub id: String,
+    pub store_name: String,
+    pub store_status: String,
+    pub timestamp: Option<DateTime<Utc>>,
+}

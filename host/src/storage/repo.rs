@@ -1,0 +1,93 @@
+//! A typed collection of documents keyed by a string `_id`: the CRUD every
+//! resource needs, written once.
+
+use futures::TryStreamExt;
+use mongodb::{
+    Collection, Database,
+    bson::{Document, doc},
+    error::{ErrorKind, WriteFailure},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// A database failure. Not the client's fault: the API answers 503.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("a document with this id already exists")]
+    Duplicate,
+    #[error("database unavailable: {0}")]
+    Unavailable(#[from] mongodb::error::Error),
+}
+
+/// One page of a listing, and how many documents there are in all.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}
+
+/// The documents of one collection, as `D`.
+#[derive(Debug, Clone)]
+pub struct Repo<D: Send + Sync> {
+    collection: Collection<D>,
+}
+
+impl<D> Repo<D>
+where
+    D: Serialize + DeserializeOwned + Send + Sync + Unpin,
+{
+    pub fn new(db: &Database, name: &str) -> Self {
+        Repo { collection: db.collection(name) }
+    }
+
+    pub async fn insert(&self, doc: &D) -> Result<(), StorageError> {
+        self.collection.insert_one(doc).await.map_err(classify)?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<D>, StorageError> {
+        Ok(self.collection.find_one(doc! { "_id": id }).await?)
+    }
+
+    /// Documents sorted by `_id` (stable across pages), `skip` then `limit`.
+    pub async fn list(&self, skip: u64, limit: i64) -> Result<Page<D>, StorageError> {
+        let items = self
+            .collection
+            .find(Document::new())
+            .sort(doc! { "_id": 1 })
+            .skip(skip)
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        let total = self.collection.count_documents(Document::new()).await?;
+        Ok(Page { items, total })
+    }
+
+    /// Replaces the document `id`; false when there is none.
+    pub async fn replace(&self, id: &str, doc: &D) -> Result<bool, StorageError> {
+        let result = self.collection.replace_one(doc! { "_id": id }, doc).await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// Deletes the document `id`; false when there is none.
+    pub async fn delete(&self, id: &str) -> Result<bool, StorageError> {
+        let result = self.collection.delete_one(doc! { "_id": id }).await?;
+        Ok(result.deleted_count == 1)
+    }
+}
+
+fn classify(e: mongodb::error::Error) -> StorageError {
+    if is_duplicate_key(&e) { StorageError::Duplicate } else { StorageError::Unavailable(e) }
+}
+
+/// Whether `e` is MongoDB's duplicate key error (code 11000).
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::InsertMany(i) => {
+            i.write_errors.iter().flatten().any(|w| w.code == 11000)
+        }
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}

