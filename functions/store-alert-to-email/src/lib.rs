@@ -10,15 +10,14 @@
 //! derived from the record's coordinates, so a retried record never stores a
 //! second alert.
 
+#![no_std]
+
+extern crate alloc;
+
+use alloc::{format, string::String, string::ToString, vec::Vec};
+
+use runnel_guest::{Guest, HandlerError, Message, clock, config, documents, logging, mail};
 use serde::Deserialize;
-
-wit_bindgen::generate!({
-    world: "stream-function",
-    path: "../../wit",
-});
-
-use runnel::function::types::{HandlerError, Message};
-use runnel::function::{clock, config, documents, logging, mail};
 
 /// The event the host produces when a store is updated.
 #[derive(Debug, Deserialize)]
@@ -145,4 +144,4 @@ fn alert_id(m: &Message) -> String {
     )
 }
 
-export!(StoreAlertToEmail);
+runnel_guest::export_function!(StoreAlertToEmail);

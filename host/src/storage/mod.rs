@@ -20,8 +20,8 @@ pub async fn connect(uri: &str, database: &str, timeout: Duration) -> anyhow::Re
         .await
         .with_context(|| format!("RUNNEL_MONGODB_URI: cannot parse '{uri}'"))?;
     options.app_name.get_or_insert_with(|| "runnel".into());
-    options.server_selection_timeout = Some(timeout);
-    options.connect_timeout = Some(timeout);
+    options.server_selection_timeout.get_or_insert(timeout);
+    options.connect_timeout.get_or_insert(timeout);
     let client = Client::with_options(options)
         .with_context(|| format!("RUNNEL_MONGODB_URI: cannot use '{uri}'"))?;
     let db = client.database(database);
