@@ -126,7 +126,7 @@ runnel_start_servers() {
   if [[ -z ${RUNNEL_SMTP_URL:-} ]]; then
     port=$(free_port)
     export RUNNEL_MAILDIR="$RUNNEL_RUN_DIR/maildir"
-    mkdir -p "$RUNNEL_MAILDIR"
+    mkdir -p "$RUNNEL_MAILDIR"/{tmp,new,cur}
     start_bg smtp "$RUNNEL_VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$port" \
       -c aiosmtpd.handlers.Mailbox "$RUNNEL_MAILDIR"
     wait_for_port smtp "$port" "$LAST_PID"

@@ -14,7 +14,7 @@ use super::Problem;
 ///
 /// - a content type other than `application/json` (or `…+json`) → 415;
 /// - a body over the configured limit → 413;
-/// - malformed JSON → 400 with the line and column;
+/// - malformed JSON, or JSON that is not an object → 400;
 /// - a value of the wrong type → 400 naming its JSON path.
 pub fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
@@ -34,19 +34,15 @@ pub fn json_body<T: DeserializeOwned>(
             Problem::invalid_json(rejection.body_text())
         }
     })?;
-    let mut deserializer = serde_json::Deserializer::from_slice(&body);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            Problem::invalid_json(format!("the body is not valid JSON: {inner}"))
-        } else {
-            field_problem(&path, &inner.to_string())
-        }
-    })?;
-    deserializer
-        .end()
+    let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| Problem::invalid_json(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Problem::invalid_json("the body must be a JSON object"));
+    }
+    let value = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        field_problem(&path, &e.into_inner().to_string())
+    })?;
     Ok(value)
 }
 

@@ -28,7 +28,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use runnel::function::types::Header;
+pub use self::runnel::function::types::Header;
 
 /// How often the engine's epoch advances; deadlines are counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
