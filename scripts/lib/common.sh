@@ -153,17 +153,33 @@ runnel_stop_servers() {
   RUNNEL_PIDS=()
 }
 
-# Build every function in functions/ as a WebAssembly component and gather
-# `<name>.wasm` + `<name>.toml` (its manifest) into $1.
+# Build the crate $1 as a WebAssembly component; copy it to $2. One cargo
+# invocation per crate: a std crate's features must not reach no_std ones.
+build_component() {
+  local name=$1 dest=$2
+  log "building $name (wasm32-wasip2)"
+  cargo build --quiet --manifest-path "$RUNNEL_ROOT/Cargo.toml" -p "$name" \
+    --target wasm32-wasip2 --profile wasm >&2
+  cp "$RUNNEL_ROOT/target/wasm32-wasip2/wasm/${name//-/_}.wasm" "$dest"
+}
+
+# Build every function in functions/ and gather `<name>.wasm` + `<name>.toml`
+# (its manifest) into $1.
 runnel_build_functions() {
   local out=$1 dir name
   mkdir -p "$out"
   for dir in "$RUNNEL_ROOT"/functions/*/; do
     name=$(basename "$dir")
-    log "building function $name (wasm32-wasip2)"
-    cargo build --quiet --manifest-path "$RUNNEL_ROOT/Cargo.toml" -p "$name" \
-      --target wasm32-wasip2 --profile wasm >&2
-    cp "$RUNNEL_ROOT/target/wasm32-wasip2/wasm/${name//-/_}.wasm" "$out/$name.wasm"
+    build_component "$name" "$out/$name.wasm"
     cp "$dir/runnel.toml" "$out/$name.toml"
+  done
+}
+
+# Build the test fixtures in tests/fixtures/ into $1 (`<name>.wasm`).
+runnel_build_fixtures() {
+  local out=$1 dir
+  mkdir -p "$out"
+  for dir in "$RUNNEL_ROOT"/tests/fixtures/*/; do
+    build_component "$(basename "$dir")" "$out/$(basename "$dir").wasm"
   done
 }

@@ -1,0 +1,124 @@
+//! The sandbox around functions, on the real runtime and a real database:
+//! what a component may import, what its grants let it reach, and how traps,
+//! runaway loops and memory hogs end. Drives the `probe` fixture
+//! (tests/fixtures/probe), which does what each record's payload says.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use runnel::{
+    mail::Mailer,
+    wasm::{HandlerError, Limits, Message, Outcome, Runtime, host::{Capabilities, Grants}},
+};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env("RUNNEL_TEST_FIXTURES_DIR")).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+async fn runtime(limits: Limits) -> Runtime {
+    let database = runnel::storage::connect(
+        &env("RUNNEL_MONGODB_URI"),
+        &format!("test_{}", uuid::Uuid::new_v4().simple()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mailer = Mailer::new(&env("RUNNEL_SMTP_URL"), "probe@example.com").unwrap();
+    Runtime::new(Capabilities { database, mailer }, limits).unwrap()
+}
+
+fn message(payload: &str) -> Message {
+    Message {
+        topic: "probe".into(),
+        partition: 0,
+        offset: 0,
+        key: None,
+        payload: payload.as_bytes().to_vec(),
+        headers: vec![],
+        timestamp_ms: None,
+    }
+}
+
+fn grants() -> Grants {
+    Grants {
+        read: HashSet::from(["readable".to_string()]),
+        write: HashSet::from(["writable".to_string()]),
+        mail: false,
+        config: HashMap::from([("k".to_string(), "v".to_string())]),
+    }
+}
+
+/// The text a probe reported through a `give-up`.
+fn reported(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Declined(HandlerError::GiveUp(text)) => text,
+        other => panic!("expected a report, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_imports_wasi_is_refused() {
+    let rt = runtime(Limits::default()).await;
+    let error = rt.load("wasi-importer", fixture("wasi-importer"), Grants::default()).await.err().unwrap();
+    let text = format!("{error:#}");
+    assert!(text.contains("wasi:"), "{text}");
+    assert!(text.contains("Runnel does not give"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_reach_the_host_as_typed_outcomes() {
+    let rt = runtime(Limits::default()).await;
+    let f = rt.load("probe", fixture("probe"), grants()).await.unwrap();
+    assert!(matches!(f.handle(&message("ok")).await, Outcome::Handled));
+    assert!(matches!(f.handle(&message("bad-input")).await, Outcome::Declined(HandlerError::BadInput(_))));
+    assert!(matches!(f.handle(&message("retry")).await, Outcome::Declined(HandlerError::RetryLater(_))));
+    assert!(matches!(f.handle(&message("give-up")).await, Outcome::Declined(HandlerError::GiveUp(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_are_limited_to_the_grants() {
+    let rt = runtime(Limits::default()).await;
+    let f = rt.load("probe", fixture("probe"), grants()).await.unwrap();
+    let run = |payload: &'static str| {
+        let f = f.clone();
+        async move { reported(f.handle(&message(payload)).await) }
+    };
+    assert_eq!(run("read:readable").await, "Ok([])");
+    assert!(run("read:secret").await.contains("NotPermitted"));
+    assert!(run("write:readable").await.contains("NotPermitted"));
+    assert!(run("write:writable").await.starts_with("Ok("));
+    // Written, then readable through the write grant.
+    assert!(run("read:writable").await.contains("probe"));
+    assert!(run("mail:someone@example.com").await.contains("NotPermitted"));
+    assert_eq!(run("config:k").await, "Some(\"v\")");
+    assert_eq!(run("config:PATH").await, "None");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traps_loops_and_memory_hogs_end_the_call_not_the_host() {
+    let limits = Limits { timeout: Duration::from_secs(1), max_memory_bytes: 32 << 20 };
+    let rt = runtime(limits).await;
+    let f = rt.load("probe", fixture("probe"), grants()).await.unwrap();
+
+    let Outcome::Failed(e) = f.handle(&message("trap")).await else { panic!("a panic must fail the call") };
+    assert!(format!("{e:#}").contains("unreachable"), "{e:#}");
+
+    let started = Instant::now();
+    let Outcome::Failed(e) = f.handle(&message("loop")).await else { panic!("a loop must fail the call") };
+    let took = started.elapsed();
+    assert!(format!("{e:#}").contains("ran longer than"), "{e:#}");
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(5), "{took:?}");
+
+    let Outcome::Failed(_) = f.handle(&message("grow")).await else { panic!("256 MiB must fail under a 32 MiB cap") };
+
+    // Every call gets a fresh instance: the function still works.
+    assert!(matches!(f.handle(&message("ok")).await, Outcome::Handled));
+}
