@@ -1,12 +1,12 @@
 //! The store-alert flow end to end, on real servers: the HTTP API, the broker,
 //! the `store-alert-to-email` component, the document store and the SMTP
-//! server. Also every route's bad input, and bad configuration at start.
+//! server. Also the stores' CRUD round trip and bad configuration at start.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Host, Servers, eventually, host_command, mails_with_subject};
 
@@ -143,7 +143,7 @@ async fn store_update_produces_one_alert_and_one_mail() {
     .await;
     println!("next PUT to mail received (group joined): {} ms", put_at.elapsed().as_millis());
     let functions: Value = host.client.get(host.url("/api/functions")).send().await.unwrap().json().await.unwrap();
-    let function = &functions[0];
+    let function = functions.as_array().unwrap().iter().find(|f| f["name"] == "store-alert-to-email").unwrap();
     assert_eq!(function["name"], "store-alert-to-email");
     assert_eq!(function["state"], "running");
     assert_eq!(function["deadLettered"], 1, "{functions}");
@@ -195,109 +195,6 @@ async fn stores_crud_round_trip() {
     assert_eq!(r.headers()["x-total-count"], "1");
     let left: Vec<Value> = r.json().await.unwrap();
     assert_eq!(left, vec![b]);
-}
-
-struct Case {
-    method: Method,
-    path: String,
-    content_type: Option<&'static str>,
-    body: Option<String>,
-    status: StatusCode,
-    field: Option<&'static str>,
-}
-
-fn case(method: Method, path: &str, body: Option<&str>, status: u16, field: Option<&'static str>) -> Case {
-    Case {
-        method,
-        path: path.to_string(),
-        content_type: body.map(|_| "application/json"),
-        body: body.map(String::from),
-        status: StatusCode::from_u16(status).unwrap(),
-        field,
-    }
-}
-
-/// Bad input on every route: the status, a problem+json body, the field
-/// named; and nothing written by any refused request.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_refused_with_a_named_field() {
-    let servers = Servers::from_env();
-    let host = Host::start(&servers, &[("RUNNEL_MAX_BODY_BYTES", "4096")]).await;
-    let store = create_store(&host, "Kept").await;
-    let id = store["id"].as_str().unwrap().to_string();
-    let one = format!("/api/stores/{id}");
-    let valid = r#"{"name":"n","address":"a"}"#;
-    let huge = format!(r#"{{"name":"{}","address":"a"}}"#, "x".repeat(5000));
-    use Method as M;
-
-    let mut cases = vec![
-        // POST /api/stores
-        case(M::POST, "/api/stores", Some("{"), 400, None),
-        case(M::POST, "/api/stores", Some("[1,2]"), 400, None),
-        case(M::POST, "/api/stores", Some(r#"{"name":"n","address":"a"} x"#), 400, None),
-        case(M::POST, "/api/stores", Some(r#"{"address":"a"}"#), 400, Some("name")),
-        case(M::POST, "/api/stores", Some(r#"{"name":"n"}"#), 400, Some("address")),
-        case(M::POST, "/api/stores", Some(r#"{"name":"  ","address":"a"}"#), 400, Some("name")),
-        case(M::POST, "/api/stores", Some(r#"{"name":5,"address":"a"}"#), 400, Some("name")),
-        case(M::POST, "/api/stores", Some(r#"{"name":"n","address":"a","status":"MAYBE"}"#), 400, Some("status")),
-        case(M::POST, "/api/stores", Some(r#"{"name":"n","address":"a","createTimestamp":"yesterday"}"#), 400, Some("createTimestamp")),
-        case(M::POST, "/api/stores", Some(r#"{"name":"n","address":"a","updateTimestamp":12}"#), 400, Some("updateTimestamp")),
-        case(M::POST, "/api/stores", Some(&huge), 413, None),
-        Case { content_type: Some("text/plain"), ..case(M::POST, "/api/stores", Some(valid), 415, None) },
-        Case { content_type: None, ..case(M::POST, "/api/stores", Some(valid), 415, None) },
-        // GET /api/stores
-        case(M::GET, "/api/stores?size=0", None, 400, Some("size")),
-        case(M::GET, "/api/stores?size=1001", None, 400, Some("size")),
-        case(M::GET, "/api/stores?page=x", None, 400, Some("page")),
-        // GET/PUT/DELETE /api/stores/{id}
-        case(M::GET, "/api/stores/no-such-id", None, 404, None),
-        case(M::PUT, "/api/stores/no-such-id", Some(valid), 404, None),
-        case(M::PUT, &one, Some("{\"name\":"), 400, None),
-        case(M::PUT, &one, Some(r#"{"address":"a"}"#), 400, Some("name")),
-        case(M::PUT, &one, Some(r#"{"name":"n","address":"a","status":"closed"}"#), 400, Some("status")),
-        case(M::PUT, &one, Some(r#"{"id":"other","name":"n","address":"a"}"#), 400, Some("id")),
-        case(M::PUT, &one, Some(&huge), 413, None),
-        Case { content_type: Some("application/xml"), ..case(M::PUT, &one, Some(valid), 415, None) },
-        case(M::DELETE, "/api/stores/no-such-id", None, 404, None),
-        case(M::PATCH, &one, Some(valid), 405, None),
-        case(M::DELETE, "/api/stores", None, 405, None),
-        // /api/store-alerts: read-only
-        case(M::GET, "/api/store-alerts/no-such-id", None, 404, None),
-        case(M::GET, "/api/store-alerts?size=5000", None, 400, Some("size")),
-        case(M::GET, "/api/store-alerts?page=-1", None, 400, Some("page")),
-        case(M::POST, "/api/store-alerts", Some(valid), 405, None),
-        case(M::PUT, "/api/store-alerts/x", Some(valid), 405, None),
-        case(M::DELETE, "/api/store-alerts/x", None, 405, None),
-        // unknown routes
-        case(M::GET, "/api/nothing-here", None, 404, None),
-        case(M::GET, "/", None, 404, None),
-    ];
-    cases.push(case(M::POST, "/api/functions", Some(valid), 405, None));
-
-    for c in &cases {
-        let mut request = host.client.request(c.method.clone(), host.url(&c.path));
-        if let Some(ct) = c.content_type {
-            request = request.header("content-type", ct);
-        }
-        if let Some(body) = &c.body {
-            request = request.body(body.clone());
-        }
-        let r = request.send().await.unwrap();
-        let what = format!("{} {} {:?}", c.method, c.path, c.body.as_deref().map(|b| &b[..b.len().min(60)]));
-        assert_eq!(r.status(), c.status, "{what}");
-        assert_eq!(r.headers()["content-type"], "application/problem+json", "{what}");
-        let problem: Value = r.json().await.unwrap();
-        assert_eq!(problem["status"], c.status.as_u16(), "{what}: {problem}");
-        assert!(problem["title"].is_string() && problem["detail"].is_string(), "{what}: {problem}");
-        assert_eq!(problem["field"].as_str(), c.field, "{what}: {problem}");
-    }
-    println!("{} bad-input cases refused as expected", cases.len());
-
-    // Nothing was written by the refused requests.
-    let r = host.client.get(host.url("/api/stores")).send().await.unwrap();
-    assert_eq!(r.headers()["x-total-count"], "1");
-    let kept: Value = host.client.get(host.url(&one)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(kept, store);
 }
 
 /// Starts a host that must fail; returns what it printed.

@@ -31,10 +31,9 @@ use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     config::Config,
-    domain::store::STORE_ALERTS_TOPIC,
+    domain::{person::PERSON_TOPIC, store::STORE_ALERTS_TOPIC},
     functions::Registry,
     kafka::{EventProducer, dead_letter_topic, trigger::Trigger},
-    storage::Repo,
     wasm::{Limits, Runtime, host::Capabilities},
 };
 
@@ -56,7 +55,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     // Every topic the host produces to or a function consumes, with the
     // dead-letter topics of the latter.
-    let mut topics = vec![STORE_ALERTS_TOPIC.to_string()];
+    let mut topics = vec![STORE_ALERTS_TOPIC.to_string(), PERSON_TOPIC.to_string()];
     for d in &deployments {
         let topic = &d.manifest.trigger.kafka.topic;
         topics.extend([topic.clone(), dead_letter_topic(topic)]);
@@ -79,12 +78,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         triggers.spawn(trigger.run(stop_rx.clone()));
     }
 
-    let state = api::AppState {
-        stores: Repo::new(&database, storage::stores::COLLECTION),
-        store_alerts: Repo::new(&database, storage::store_alerts::COLLECTION),
-        producer,
-        registry,
-    };
+    let state = api::AppState { database, producer, registry };
     let app = api::router(state, config.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await

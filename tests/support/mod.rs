@@ -192,3 +192,31 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+impl Host {
+    /// Sends `body` as JSON with `method`; returns the status and the JSON
+    /// answer (`Null` when there is none).
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<&serde_json::Value>) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let r = request.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// POSTs `body` to `path`; asserts 201 and returns the created resource.
+    pub async fn create(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, created) = self.send(reqwest::Method::POST, path, Some(&body)).await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "POST {path}: {created}");
+        created
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, value) = self.send(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "GET {path}: {value}");
+        value
+    }
+}

@@ -9,14 +9,19 @@ use serde::Serialize;
 
 use crate::{domain::FieldError, storage::StorageError};
 
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 7807 problem: what went wrong, and the field at fault if any.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// Always `about:blank`: `title` says what kind of problem it is.
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub title: &'static str,
+    /// The HTTP status.
     #[serde(serialize_with = "status_code")]
+    #[schema(value_type = u16)]
     pub status: StatusCode,
     pub detail: String,
+    /// The JSON path of the offending field or query parameter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

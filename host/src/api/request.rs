@@ -10,6 +10,9 @@ use serde::de::DeserializeOwned;
 
 use super::Problem;
 
+/// The media type of a JSON merge patch (RFC 7396).
+pub const MERGE_PATCH: &str = "application/merge-patch+json";
+
 /// Parses a JSON request body into `T`.
 ///
 /// - a content type other than `application/json` (or `…+json`) → 415;
@@ -20,11 +23,26 @@ pub fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, Problem> {
+    from_value(json_object(headers, body, &["application/json", "application/*+json"])?)
+}
+
+/// Checks the content type against `accepted` (`application/*+json` accepts
+/// any JSON-based type) and parses the body as a JSON object.
+pub fn json_object(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    accepted: &[&str],
+) -> Result<serde_json::Value, Problem> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if !(essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))) {
+    let ok = accepted.iter().any(|a| match a.strip_prefix("application/*") {
+        Some(suffix) => essence.starts_with("application/") && essence.ends_with(suffix),
+        None => essence == *a,
+    });
+    if !ok {
         return Err(Problem::unsupported_media_type(format!(
-            "expected Content-Type application/json, got '{content_type}'"
+            "expected Content-Type {}, got '{content_type}'",
+            accepted[0]
         )));
     }
     let body = body.map_err(|rejection| {
@@ -39,11 +57,15 @@ pub fn json_body<T: DeserializeOwned>(
     if !value.is_object() {
         return Err(Problem::invalid_json("the body must be a JSON object"));
     }
-    let value = serde_path_to_error::deserialize(value).map_err(|e| {
+    Ok(value)
+}
+
+/// Converts a JSON value into `T`, naming the field of the first mismatch.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         field_problem(&path, &e.into_inner().to_string())
-    })?;
-    Ok(value)
+    })
 }
 
 /// serde reports a missing field at its parent's path; name the field itself.

@@ -2,6 +2,8 @@
 //! produces, with their JSON shapes (camelCase, as the original services had)
 //! and their validation rules. Nothing here knows about HTTP, MongoDB or Kafka.
 
+pub mod comicbook;
+pub mod person;
 pub mod store;
 pub mod store_alert;
 
@@ -25,6 +27,14 @@ pub(crate) fn required_text(field: &str, value: Option<String>) -> Result<String
         None => Err(FieldError::new(field, "is required")),
         Some(v) if v.is_empty() => Err(FieldError::new(field, "must not be blank")),
         Some(v) => Ok(v),
+    }
+}
+
+/// A body's `id` must be absent or equal the id in the path.
+pub(crate) fn check_body_id(body_id: Option<&str>, id: &str) -> Result<(), FieldError> {
+    match body_id {
+        Some(b) if b != id => Err(FieldError::new("id", format!("must be absent or equal '{id}'"))),
+        _ => Ok(()),
     }
 }
 

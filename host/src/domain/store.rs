@@ -2,13 +2,14 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{FieldError, required_text};
 
 /// Topic that receives a [`StoreAlertEvent`] for every store update.
 pub const STORE_ALERTS_TOPIC: &str = "store-alerts-topic";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum StoreStatus {
     Open,
@@ -16,7 +17,7 @@ pub enum StoreStatus {
 }
 
 /// A store as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Store {
     pub id: String,
@@ -29,12 +30,16 @@ pub struct Store {
 
 /// A store as a client sends it (POST and PUT bodies). Everything is optional
 /// at the JSON level so that validation can name each missing field.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreInput {
+    /// Absent, or equal to the id in the path.
     pub id: Option<String>,
+    #[schema(required = true)]
     pub name: Option<String>,
+    #[schema(required = true)]
     pub address: Option<String>,
+    /// `OPEN` when absent.
     pub status: Option<StoreStatus>,
     pub create_timestamp: Option<DateTime<Utc>>,
     pub update_timestamp: Option<DateTime<Utc>>,
@@ -67,11 +72,7 @@ impl StoreInput {
         created: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Store, FieldError> {
-        if let Some(body_id) = &self.id
-            && *body_id != id
-        {
-            return Err(FieldError::new("id", format!("must be absent or equal '{id}'")));
-        }
+        super::check_body_id(self.id.as_deref(), &id)?;
         // Stored as BSON dates, which keep milliseconds.
         let now = now.trunc_subsecs(3);
         Ok(Store {

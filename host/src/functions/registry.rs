@@ -20,7 +20,7 @@ pub struct Deployment {
 }
 
 /// How a deployed function is doing, as `GET /api/functions` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "camelCase")]
 pub enum FunctionState {
     Starting,
@@ -30,7 +30,7 @@ pub enum FunctionState {
     Stopped,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionStatus {
     pub name: String,

@@ -3,8 +3,10 @@
 //! services (`_id` plus camelCase fields, dates as BSON dates).
 
 mod repo;
-pub mod stores;
+pub mod comicbooks;
+pub mod persons;
 pub mod store_alerts;
+pub mod stores;
 
 use std::time::Duration;
 

@@ -63,6 +63,22 @@ where
         Ok(Page { items, total })
     }
 
+    /// The ids of up to `limit` documents matching `filter`, and how many match.
+    pub async fn ids_matching(&self, filter: Document, limit: i64) -> Result<(Vec<String>, u64), StorageError> {
+        let raw: Collection<Document> = self.collection.clone_with_type();
+        let docs: Vec<Document> = raw
+            .find(filter.clone())
+            .projection(doc! { "_id": 1 })
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        let ids = docs.iter().filter_map(|d| d.get_str("_id").ok().map(String::from)).collect();
+        let total = raw.count_documents(filter).await?;
+        Ok((ids, total))
+    }
+
     /// Replaces the document `id`; false when there is none.
     pub async fn replace(&self, id: &str, doc: &D) -> Result<bool, StorageError> {
         let result = self.collection.replace_one(doc! { "_id": id }, doc).await?;
