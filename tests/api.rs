@@ -311,3 +311,37 @@ async fn persons_and_comicbooks_round_trip() {
     let (status, _) = host.send(Method::DELETE, &comic_path, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
+
+/// An update whose event cannot be published is refused (503) and leaves the
+/// stored version as it was. Runs its own broker, to stop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_cannot_be_announced_changes_nothing() {
+    let mut servers = Servers::from_env();
+    let tansu = std::env::var("RUNNEL_TANSU_BIN").expect("RUNNEL_TANSU_BIN: run the tests with scripts/test");
+    let port = support::free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut broker = tokio::process::Command::new(tansu)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    support::eventually(std::time::Duration::from_secs(10), "the broker", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+    })
+    .await;
+    servers.kafka_brokers = format!("127.0.0.1:{port}");
+    let host = Host::start(&servers, &[]).await;
+
+    let person = host.create("/api/persons", json!({ "firstname": "Will", "lastname": "Eisner" })).await;
+    let path = format!("/api/persons/{}", person["id"].as_str().unwrap());
+    let (status, _) = host.send(Method::PATCH, &path, Some(&json!({ "firstname": "William" }))).await;
+    assert_eq!(status, StatusCode::OK, "published while the broker runs");
+
+    broker.kill().await.unwrap();
+    let (status, problem) = host.send(Method::PUT, &path, Some(&json!({ "firstname": "Bill", "lastname": "Eisner" }))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("nothing was changed"), "{problem}");
+    assert_eq!(host.get_json(&path).await["firstname"], "William");
+}

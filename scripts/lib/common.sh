@@ -11,6 +11,7 @@ RUNNEL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 RUNNEL_CACHE="$RUNNEL_ROOT/.cache"
 RUNNEL_VENV="$RUNNEL_CACHE/venv"
 RUNNEL_BIN="$RUNNEL_CACHE/bin"
+export RUNNEL_TANSU_BIN="$RUNNEL_BIN/tansu" # tests start brokers of their own too
 
 # Versions of the servers the scripts install; bump them here.
 SECANTUSDB_VERSION="0.7.0b3"

@@ -119,7 +119,7 @@ pub async fn replace<W: Writable>(
     let input: W::Input = json_body(&headers, body)?;
     let existing: W::Item = repo::<W>(&state).get(&id).await?.ok_or_else(|| not_found::<W>(&id))?.into();
     let item = W::replace(input, &existing, Utc::now())?;
-    save::<W>(&state, &id, item).await
+    save::<W>(&state, &existing, item).await
 }
 
 pub async fn patch<W: Writable>(
@@ -134,24 +134,32 @@ pub async fn patch<W: Writable>(
     json_patch::merge(&mut merged, &patch);
     let input: W::Input = from_value(merged)?;
     let item = W::replace(input, &existing, Utc::now())?;
-    save::<W>(&state, &id, item).await
+    save::<W>(&state, &existing, item).await
 }
 
-/// Stores an updated item, then publishes its event; answers once the broker
-/// has it.
-async fn save<W: Writable>(state: &AppState, id: &str, item: W::Item) -> Result<Json<W::Item>, Problem> {
-    if !repo::<W>(state).replace(id, &W::Doc::from(&item)).await? {
+/// Stores `item` over `existing`, then publishes its event, and answers once
+/// the broker has it. When the event cannot be published, `existing` is put
+/// back, so that a refused update leaves nothing half-done (a concurrent
+/// update of the same id in that window would be undone with it).
+async fn save<W: Writable>(state: &AppState, existing: &W::Item, item: W::Item) -> Result<Json<W::Item>, Problem> {
+    let id = W::id(existing);
+    let repo = repo::<W>(state);
+    if !repo.replace(id, &W::Doc::from(&item)).await? {
         return Err(not_found::<W>(id));
     }
-    if let Some(event) = W::updated_event(&item) {
-        let topic = event.topic;
-        state.producer.publish(event).await.map_err(|e| {
-            tracing::error!(resource = W::NAME, id, topic, "saved, event not published: {e:#}");
-            Problem::unavailable(format!(
-                "the {} was saved but its event could not be published ({e}); repeat the request",
-                W::NAME
-            ))
-        })?;
+    let Some(event) = W::updated_event(&item) else { return Ok(Json(item)) };
+    let topic = event.topic;
+    let Err(e) = state.producer.publish(event).await else { return Ok(Json(item)) };
+    tracing::error!(resource = W::NAME, id, topic, "event not published, restoring the previous version: {e:#}");
+    if let Err(restore) = repo.replace(id, &W::Doc::from(existing)).await {
+        tracing::error!(resource = W::NAME, id, "could not restore the previous version: {restore}");
+        return Err(Problem::unavailable(format!(
+            "the {} was saved but its event could not be published ({e}); repeat the request",
+            W::NAME
+        )));
     }
-    Ok(Json(item))
+    Err(Problem::unavailable(format!(
+        "the {} event could not be published ({e}); nothing was changed, try again later",
+        W::NAME
+    )))
 }

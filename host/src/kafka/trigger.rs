@@ -104,6 +104,9 @@ impl Trigger {
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             .set("enable.partition.eof", "false")
+            // An idle consumer asks again after at most this long: the bound
+            // on how late a new record is seen.
+            .set("fetch.wait.max.ms", "100")
             .create()?;
         consumer.subscribe(&[&manifest.trigger.kafka.topic])?;
         Ok(consumer)
