@@ -3,12 +3,27 @@
 
 use axum::{
     body::Bytes,
-    extract::rejection::BytesRejection,
-    http::{HeaderMap, StatusCode, header},
+    extract::{FromRequestParts, Path, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
 use super::Problem;
+
+/// The `{id}` of a route. Unlike a bare `Path`, a malformed one (say, not
+/// UTF-8 once decoded) is a problem+json 400 naming `id`.
+pub struct Id(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Id(id)),
+            Err(e) => Err(Problem::invalid_field("id", format!("id: {}", e.body_text()))),
+        }
+    }
+}
 
 /// The media type of a JSON merge patch (RFC 7396).
 pub const MERGE_PATCH: &str = "application/merge-patch+json";

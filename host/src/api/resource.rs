@@ -16,7 +16,7 @@ use std::future::Future;
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, RawQuery, State, rejection::BytesRejection},
+    extract::{RawQuery, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 
 use super::{
     AppState, Problem, listing,
-    request::{MERGE_PATCH, Paging, from_value, json_body, json_object},
+    request::{Id, MERGE_PATCH, Paging, from_value, json_body, json_object},
 };
 use crate::{domain::FieldError, kafka::Event, storage::Repo};
 
@@ -87,12 +87,12 @@ pub async fn list<R: Resource>(State(state): State<AppState>, RawQuery(query): R
     Ok(listing(items, page.total))
 }
 
-pub async fn read<R: Resource>(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<R::Item>, Problem> {
+pub async fn read<R: Resource>(State(state): State<AppState>, Id(id): Id) -> Result<Json<R::Item>, Problem> {
     let doc = repo::<R>(&state).get(&id).await?.ok_or_else(|| not_found::<R>(&id))?;
     Ok(Json(doc.into()))
 }
 
-pub async fn delete<R: Resource>(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, Problem> {
+pub async fn delete<R: Resource>(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode, Problem> {
     R::check_delete(&state, &id).await?;
     if repo::<R>(&state).delete(&id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(not_found::<R>(&id)) }
 }
@@ -112,7 +112,7 @@ pub async fn create<W: Writable>(
 
 pub async fn replace<W: Writable>(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<W::Item>, Problem> {
@@ -124,7 +124,7 @@ pub async fn replace<W: Writable>(
 
 pub async fn patch<W: Writable>(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<W::Item>, Problem> {
