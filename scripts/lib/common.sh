@@ -82,10 +82,12 @@ $(tail -n 20 "$RUNNEL_RUN_DIR/$name.log" 2>/dev/null)"
 
 RUNNEL_PIDS=()
 
+# Servers run in sessions of their own: Ctrl-C reaches the host, which shuts
+# down while they still answer; runnel_stop_servers stops them after it.
 start_bg() { # name, command...
   local name=$1
   shift
-  "$@" >"$RUNNEL_RUN_DIR/$name.log" 2>&1 &
+  setsid "$@" >"$RUNNEL_RUN_DIR/$name.log" 2>&1 </dev/null &
   RUNNEL_PIDS+=("$!")
   LAST_PID=$!
 }
