@@ -90,6 +90,11 @@ fn writable_cases(collection: &str, one: &str, valid: &Value, required: &[&str],
             }
         }
     }
+    for bad_id in [json!(""), json!("a/b"), json!("line\nbreak"), json!(7)] {
+        let mut proposed = valid.clone();
+        proposed["id"] = bad_id;
+        cases.push(case(Method::POST, collection, Some(&proposed.to_string()), 400, Some("id")));
+    }
     for method in [Method::PUT, Method::PATCH] {
         let mut other_id = valid.clone();
         other_id["id"] = json!("another-id");

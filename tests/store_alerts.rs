@@ -118,7 +118,7 @@ async fn store_update_produces_one_alert_and_one_mail() {
     producer
         .publish(runnel::kafka::Event {
             topic: "store-alerts-topic",
-            key: "garbage",
+            key: Some(b"garbage"),
             payload: b"{not json".to_vec(),
             headers: vec![],
         })
@@ -229,7 +229,9 @@ async fn bad_configuration_names_the_setting() {
     let core_dir = core_dir.display().to_string();
     let manifest_dir = manifest_dir.display().to_string();
 
-    let cases: Vec<(Vec<(&str, &str)>, &[&str])> = vec![
+    // (settings, what stderr must say)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         (vec![("RUNNEL_MONGODB_URI", "postgres://nope")], &["RUNNEL_MONGODB_URI"]),
         (vec![("RUNNEL_MONGODB_URI", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500")], &["RUNNEL_MONGODB_URI"]),
         (vec![("RUNNEL_KAFKA_BROKERS", "no-port")], &["RUNNEL_KAFKA_BROKERS"]),

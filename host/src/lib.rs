@@ -64,6 +64,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     topics.dedup();
     kafka::ensure_topics(&config.kafka_brokers, &topics, config.connect_timeout).await?;
 
+    // Bound before any trigger starts, so that a taken port fails start-up
+    // with nothing running yet.
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("RUNNEL_HTTP_ADDR: cannot listen on {}", config.http_addr))?;
+
     let registry = Registry::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut triggers = JoinSet::new();
@@ -80,9 +86,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let state = api::AppState { database, producer, registry };
     let app = api::router(state, config.max_body_bytes);
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("RUNNEL_HTTP_ADDR: cannot listen on {}", config.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let mut http_stop = stop_rx.clone();
@@ -98,8 +101,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         while triggers.join_next().await.is_some() {}
         let _ = server.await;
     };
-    if tokio::time::timeout(Duration::from_secs(15), drained).await.is_err() {
-        tracing::warn!("shutdown took longer than 15 s; exiting anyway");
+    // Long enough for a call in progress to end within its own deadline.
+    let grace = Limits::default().timeout + Duration::from_secs(10);
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!("shutdown took longer than {grace:?}; exiting anyway");
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ RUNNEL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 RUNNEL_CACHE="$RUNNEL_ROOT/.cache"
 RUNNEL_VENV="$RUNNEL_CACHE/venv"
 RUNNEL_BIN="$RUNNEL_CACHE/bin"
+RUNNEL_TARGET="${CARGO_TARGET_DIR:-$RUNNEL_ROOT/target}"
 export RUNNEL_TANSU_BIN="$RUNNEL_BIN/tansu" # tests start brokers of their own too
 
 # Versions of the servers the scripts install; bump them here.
@@ -144,14 +145,15 @@ runnel_start_servers() {
 runnel_stop_servers() {
   local pid i
   ((${#RUNNEL_PIDS[@]})) || return 0
-  for pid in "${RUNNEL_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Each server leads a process group of its own: signal the whole group.
+  for pid in "${RUNNEL_PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
   for ((i = 0; i < 50; i++)); do
     local alive=0
     for pid in "${RUNNEL_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
     ((alive)) || break
     sleep 0.1
   done
-  for pid in "${RUNNEL_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${RUNNEL_PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   RUNNEL_PIDS=()
 }
@@ -163,7 +165,7 @@ build_component() {
   log "building $name (wasm32-wasip2)"
   cargo build --quiet --manifest-path "$RUNNEL_ROOT/Cargo.toml" -p "$name" \
     --target wasm32-wasip2 --profile wasm >&2
-  cp "$RUNNEL_ROOT/target/wasm32-wasip2/wasm/${name//-/_}.wasm" "$dest"
+  cp "$RUNNEL_TARGET/wasm32-wasip2/wasm/${name//-/_}.wasm" "$dest"
 }
 
 # Build every function in functions/ and gather `<name>.wasm` + `<name>.toml`

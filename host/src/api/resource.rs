@@ -103,7 +103,13 @@ pub async fn create<W: Writable>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let input: W::Input = json_body(&headers, body)?;
-    let id = W::proposed_id(&input).map_or_else(crate::domain::new_id, String::from);
+    let id = match W::proposed_id(&input) {
+        Some(id) => {
+            crate::domain::check_proposed_id(id)?;
+            id.to_string()
+        }
+        None => crate::domain::new_id(),
+    };
     let item = W::create(input, id, Utc::now())?;
     repo::<W>(&state).insert(&W::Doc::from(&item)).await?;
     let location = format!("{}/{}", W::PATH, W::id(&item));
@@ -119,7 +125,7 @@ pub async fn replace<W: Writable>(
     let input: W::Input = json_body(&headers, body)?;
     let existing: W::Item = repo::<W>(&state).get(&id).await?.ok_or_else(|| not_found::<W>(&id))?.into();
     let item = W::replace(input, &existing, Utc::now())?;
-    save::<W>(&state, &existing, item).await
+    save_detached::<W>(state, existing, item).await
 }
 
 pub async fn patch<W: Writable>(
@@ -134,7 +140,15 @@ pub async fn patch<W: Writable>(
     json_patch::merge(&mut merged, &patch);
     let input: W::Input = from_value(merged)?;
     let item = W::replace(input, &existing, Utc::now())?;
-    save::<W>(&state, &existing, item).await
+    save_detached::<W>(state, existing, item).await
+}
+
+/// Runs [`save`] in a task of its own: a client that hangs up cannot cancel
+/// it between the write and the event.
+async fn save_detached<W: Writable>(state: AppState, existing: W::Item, item: W::Item) -> Result<Json<W::Item>, Problem> {
+    tokio::spawn(async move { save::<W>(&state, &existing, item).await })
+        .await
+        .unwrap_or_else(|e| Err(Problem::unavailable(format!("the update was interrupted: {e}"))))
 }
 
 /// Stores `item` over `existing`, then publishes its event, and answers once

@@ -38,6 +38,15 @@ pub(crate) fn check_body_id(body_id: Option<&str>, id: &str) -> Result<(), Field
     }
 }
 
+/// Checks an id a client proposes for a new resource: 1 to 200 printable
+/// characters, none of them `/`, so that it has a URL.
+pub fn check_proposed_id(id: &str) -> Result<(), FieldError> {
+    if id.trim().is_empty() || id.chars().count() > 200 || id.chars().any(|c| c.is_control() || c == '/') {
+        return Err(FieldError::new("id", "must be 1 to 200 printable characters, without '/'"));
+    }
+    Ok(())
+}
+
 /// A server-generated resource id (a UUID string).
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()

@@ -112,6 +112,13 @@ impl Manifest {
             if value.value.is_some() == value.env.is_some() {
                 bail!("config.{key}: give exactly one of `value` or `env`");
             }
+            // The host's own settings (database and SMTP credentials among
+            // them) are not for functions.
+            if let Some(var) = &value.env
+                && var.to_ascii_uppercase().starts_with("RUNNEL_")
+            {
+                bail!("config.{key}: `{var}` is a setting of the host, not for functions");
+            }
         }
         Ok(manifest)
     }
@@ -183,6 +190,7 @@ mod tests {
             ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[config.k]\nrequired = true", "config.k"),
             ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[capabilities.documents]\nwrite = ['system.users']", "system.users"),
             ("not toml", "invalid manifest"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[config.db]\nenv = 'RUNNEL_MONGODB_URI'", "setting of the host"),
         ] {
             let e = format!("{:#}", Manifest::parse(text).unwrap_err());
             assert!(e.contains(expected), "{text:?}: {e}");

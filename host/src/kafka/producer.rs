@@ -12,7 +12,8 @@ use serde::Serialize;
 /// One record to publish.
 pub struct Event<'a> {
     pub topic: &'a str,
-    pub key: &'a str,
+    /// None for a record without a key.
+    pub key: Option<&'a [u8]>,
     pub payload: Vec<u8>,
     pub headers: Vec<(&'a str, Vec<u8>)>,
 }
@@ -22,7 +23,7 @@ impl<'a> Event<'a> {
     pub fn json(topic: &'a str, key: &'a str, body: &impl Serialize) -> Self {
         Event {
             topic,
-            key,
+            key: Some(key.as_bytes()),
             payload: serde_json::to_vec(body).expect("domain events serialize to JSON"),
             headers: vec![("content-type", b"application/json".to_vec())],
         }
@@ -52,10 +53,10 @@ impl EventProducer {
         for (key, value) in &event.headers {
             headers = headers.insert(Header { key, value: Some(value) });
         }
-        let record = FutureRecord::to(event.topic)
-            .key(event.key)
-            .payload(&event.payload)
-            .headers(headers);
+        let mut record = FutureRecord::to(event.topic).payload(&event.payload).headers(headers);
+        if let Some(key) = event.key {
+            record = record.key(key);
+        }
         self.producer
             .send(record, Duration::ZERO)
             .await

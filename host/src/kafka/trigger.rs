@@ -8,7 +8,11 @@
 //! - retry later: run it again after a back-off (up to 30 s), as long as it takes;
 //! - give up: stop this function's consumer without committing, so the record
 //!   is the first one seen after a redeploy;
-//! - trap or timeout: retry a few times, then dead-letter it and go on.
+//! - trap or timeout: retry a few times, then dead-letter it and go on;
+//! - no instance can be made: stop, as for give up.
+//!
+//! A dead-letter write that fails is retried (with back-off) on its own: the
+//! function is not run again for it.
 
 use std::time::Duration;
 
@@ -76,7 +80,11 @@ impl Trigger {
                 Step::Stop(state) => break state,
             }
         };
-        // Make sure the last asynchronous commit reached the broker.
+        // Make sure the last asynchronous commit reached the broker, for the
+        // partitions this consumer still owns (a rebalance may have moved
+        // others, whose new owner may have committed further).
+        let owned = consumer.assignment().unwrap_or_default();
+        committed.retain(|(topic, partition), _| owned.find_partition(topic, *partition).is_some());
         if !committed.is_empty() {
             let mut position = TopicPartitionList::new();
             let result = committed
@@ -126,28 +134,26 @@ impl Trigger {
                 }
                 Outcome::Declined(HandlerError::BadInput(reason)) => {
                     tracing::warn!(function = %name, offset = message.offset, "bad input: {reason}");
-                    match self.dead_letter(&message, &reason).await {
-                        Ok(()) => return Step::Commit,
-                        Err(e) => format!("cannot dead-letter: {e:#}"),
-                    }
+                    return self.dead_letter_until_done(&message, &reason, shutdown).await;
                 }
                 Outcome::Declined(HandlerError::RetryLater(reason)) => reason,
                 Outcome::Declined(HandlerError::GiveUp(reason)) => {
                     tracing::error!(function = %name, offset = message.offset, "gave up: {reason}");
                     return Step::Stop(FunctionState::Failed { reason: format!("gave up: {reason}") });
                 }
+                Outcome::NotStarted(e) => {
+                    tracing::error!(function = %name, "cannot start: {e:#}");
+                    return Step::Stop(FunctionState::Failed { reason: format!("{e:#}") });
+                }
                 Outcome::Failed(error) => {
                     failures += 1;
                     let reason = format!("{error:#}");
                     tracing::error!(function = %name, offset = message.offset, failures, "failed: {reason}");
                     if failures >= MAX_FAILED_ATTEMPTS {
-                        match self.dead_letter(&message, &format!("failed {failures} times: {reason}")).await {
-                            Ok(()) => return Step::Commit,
-                            Err(e) => format!("cannot dead-letter: {e:#}"),
-                        }
-                    } else {
-                        reason
+                        let reason = format!("failed {failures} times: {reason}");
+                        return self.dead_letter_until_done(&message, &reason, shutdown).await;
                     }
+                    reason
                 }
             };
             tracing::warn!(function = %name, offset = message.offset, ?backoff, "will retry: {retry_reason}");
@@ -159,9 +165,28 @@ impl Trigger {
         }
     }
 
+    /// Dead-letters `message`, retrying with back-off until it is done
+    /// (then the record may be committed) or the host shuts down.
+    async fn dead_letter_until_done(&self, message: &Message, reason: &str, shutdown: &mut watch::Receiver<bool>) -> Step {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.dead_letter(message, reason).await {
+                Ok(()) => return Step::Commit,
+                Err(e) => tracing::warn!(
+                    function = %self.deployment.manifest.name, offset = message.offset, ?backoff,
+                    "cannot dead-letter, will retry: {e:#}"
+                ),
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return Step::Stop(FunctionState::Stopped),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
     async fn dead_letter(&self, message: &Message, reason: &str) -> anyhow::Result<()> {
         let topic = dead_letter_topic(&message.topic);
-        let key = message.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
         let mut headers: Vec<(&str, Vec<u8>)> =
             message.headers.iter().map(|h| (h.key.as_str(), h.value.clone())).collect();
         let partition = message.partition.to_string();
@@ -174,7 +199,7 @@ impl Trigger {
             ("runnel-source-offset", offset.into_bytes()),
         ]);
         self.producer
-            .publish(Event { topic: &topic, key: &key, payload: message.payload.clone(), headers })
+            .publish(Event { topic: &topic, key: message.key.as_deref(), payload: message.payload.clone(), headers })
             .await?;
         self.registry.count_dead_lettered(&self.deployment.manifest.name);
         Ok(())

@@ -98,9 +98,12 @@ impl documents::Host for HostState {
     async fn insert_one(&mut self, collection: String, document: String) -> Result<String, documents::DocumentError> {
         let target = self.collection(&collection, true)?;
         let mut doc = parse_document("document", &document)?;
+        // String ids only: the API addresses documents by them.
         let id = match doc.get("_id") {
-            Some(Bson::String(id)) => id.clone(),
-            Some(other) => other.to_string(),
+            Some(Bson::String(id)) if !id.is_empty() => id.clone(),
+            Some(_) => {
+                return Err(documents::DocumentError::Invalid("`_id` must be a non-empty string".into()));
+            }
             None => {
                 let id = crate::domain::new_id();
                 doc.insert("_id", id.clone());

@@ -78,6 +78,15 @@ pub enum Outcome {
     Declined(HandlerError),
     /// The function trapped, ran out of time or memory: a bug in the function.
     Failed(anyhow::Error),
+    /// No instance could be made (e.g. it needs more than the limits allow):
+    /// no record can be handled until the function is redeployed.
+    NotStarted(anyhow::Error),
+}
+
+/// Why a call did not return an answer.
+enum CallError {
+    Start(wasmtime::Error),
+    Run(wasmtime::Error),
 }
 
 impl Runtime {
@@ -175,7 +184,8 @@ impl Function {
         match tokio::time::timeout(limits.timeout + EPOCH_TICK * 10, run).await {
             Ok(Ok(Ok(()))) => Outcome::Handled,
             Ok(Ok(Err(declined))) => Outcome::Declined(declined),
-            Ok(Err(trap)) => Outcome::Failed(trap),
+            Ok(Err(CallError::Run(trap))) => Outcome::Failed(trap.into()),
+            Ok(Err(CallError::Start(e))) => Outcome::NotStarted(anyhow::Error::from(e).context("cannot instantiate")),
             Err(_) => Outcome::Failed(anyhow::anyhow!(
                 "did not finish within {:?} (waiting on a host call)",
                 limits.timeout
@@ -183,13 +193,23 @@ impl Function {
         }
     }
 
-    async fn call(&self, message: &Message, limits: Limits) -> anyhow::Result<Result<(), HandlerError>> {
+    async fn call(&self, message: &Message, limits: Limits) -> Result<Result<(), HandlerError>, CallError> {
         let inner = &self.runtime.inner;
         let state = HostState::new(
             self.name.clone(),
             self.grants.clone(),
             inner.capabilities.clone(),
-            StoreLimitsBuilder::new().memory_size(limits.max_memory_bytes).instances(4).build(),
+            // Bounds on everything a component can make, not just each
+            // memory's size: a Rust component needs one memory and a few
+            // small tables.
+            StoreLimitsBuilder::new()
+                .memory_size(limits.max_memory_bytes)
+                .memories(2)
+                .tables(8)
+                .table_elements(100_000)
+                .instances(8)
+                .trap_on_grow_failure(false)
+                .build(),
         );
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -202,7 +222,7 @@ impl Function {
             }
             Ok(UpdateDeadline::Yield(1))
         });
-        let instance = self.pre.instantiate_async(&mut store).await?;
-        Ok(instance.call_handle(&mut store, message).await?)
+        let instance = self.pre.instantiate_async(&mut store).await.map_err(CallError::Start)?;
+        instance.call_handle(&mut store, message).await.map_err(CallError::Run)
     }
 }
