@@ -163,7 +163,7 @@ async fn every_route_refuses_bad_input_with_one_problem_shape() {
         case(Method::PATCH, alert_one, Some("{}"), 405, None),
     ]);
     for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
-        cases.push(case(method.clone(), "/api/functions", None, 405, None));
+        cases.push(case(method.clone(), "/admin/functions", None, 405, None));
         cases.push(case(method, "/openapi.json", None, 405, None));
     }
     for path in ["/", "/api", "/api/nothing", "/api/persons/a/b", "/api/persons-x"] {
@@ -217,12 +217,12 @@ async fn the_openapi_document_lists_every_route() {
         .collect();
 
     let mut probed_paths: BTreeSet<String> = paths.keys().cloned().collect();
-    for extra in ["/", "/api", "/health", "/metrics", "/api/functions/x", "/openapi.yaml", "/api/persons/x/y"] {
+    for extra in ["/", "/api", "/admin", "/health", "/metrics", "/api/functions", "/admin/functions/x/y", "/openapi.yaml", "/api/persons/x/y"] {
         probed_paths.insert(extra.to_string());
     }
     let mut routes = BTreeSet::new();
     for path in &probed_paths {
-        let concrete = path.replace("{id}", "no-such-id");
+        let concrete = path.replace("{id}", "no-such-id").replace("{name}", "no-such-function");
         for method in METHODS {
             let r = host
                 .client
@@ -249,7 +249,7 @@ async fn the_openapi_document_lists_every_route() {
         assert!(paths.contains_key(path) && paths.contains_key(&format!("{path}/{{id}}")), "{path}");
     }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for schema in ["Person", "PersonInput", "Comicbook", "ComicbookInput", "Store", "StoreInput", "StoreAlert", "Problem", "Role"] {
+    for schema in ["Person", "PersonInput", "Comicbook", "ComicbookInput", "Store", "StoreInput", "StoreAlert", "Problem", "Role", "FunctionView"] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
     println!("{} routes, all documented", routes.len());

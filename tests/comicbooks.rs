@@ -92,9 +92,9 @@ async fn a_person_update_reaches_every_embedding_and_nothing_else() {
     assert_eq!(raw.keys().collect::<Vec<_>>(), ["_id", "name", "persons"]);
 
     // The same event again changes nothing more.
-    let producer = runnel::kafka::EventProducer::new(&servers.kafka_brokers, Duration::from_secs(10)).unwrap();
+    let producer = runnel::platform::kafka::EventProducer::new(&servers.kafka_brokers, Duration::from_secs(10)).unwrap();
     producer
-        .publish(runnel::kafka::Event::json("person", p["id"].as_str().unwrap(), &renamed))
+        .publish(runnel::platform::kafka::Event::json("person", p["id"].as_str().unwrap(), &renamed))
         .await
         .unwrap();
     // A marker update of q after the replay: once it shows, the replay was handled.
@@ -141,8 +141,8 @@ async fn a_person_update_reaches_every_embedding_and_nothing_else() {
         percentile(&times, 99.0).as_millis(),
         times.last().unwrap().as_millis()
     );
-    let functions = host.get_json("/api/functions").await;
-    let f = functions.as_array().unwrap().iter().find(|f| f["name"] == "person-to-comicbook").unwrap();
-    assert_eq!(f["state"], "running", "{functions}");
-    assert_eq!(f["deadLettered"], 0, "{functions}");
+    let f = host.get_json("/admin/functions/person-to-comicbook").await;
+    assert_eq!(f["state"], "running", "{f}");
+    assert_eq!(f["running"]["counters"]["deadLettered"], 0, "{f}");
+    assert!(f["running"]["counters"]["handled"].as_u64().unwrap() >= 100, "{f}");
 }

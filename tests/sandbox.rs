@@ -4,14 +4,15 @@
 //! (tests/fixtures/probe), which does what each record's payload says.
 
 use std::{
-    collections::{HashMap, HashSet},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use runnel::{
-    mail::Mailer,
-    wasm::{HandlerError, Limits, Message, Outcome, Runtime, host::{Capabilities, Grants}},
+use runnel::platform::{
+    capabilities::{
+        Grants, ManifestGrants, Services, clock::Clock, config::Config, documents::Documents, logging::Logging, mail::Mail,
+    },
+    runtime::{HandlerError, Limits, Message, Outcome, Runtime},
 };
 
 fn env(name: &str) -> String {
@@ -24,15 +25,16 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 async fn runtime(limits: Limits) -> Runtime {
-    let database = runnel::storage::connect(
+    let database = runnel::platform::storage::connect(
         &env("RUNNEL_MONGODB_URI"),
         &format!("test_{}", uuid::Uuid::new_v4().simple()),
         Duration::from_secs(10),
     )
     .await
     .unwrap();
-    let mailer = Mailer::new(&env("RUNNEL_SMTP_URL"), "probe@example.com").unwrap();
-    Runtime::new(Capabilities { database, mailer }, limits).unwrap()
+    let mail = Mail::new(&env("RUNNEL_SMTP_URL"), "probe@example.com").unwrap();
+    let services = Services { documents: Documents { database }, mail, config: Config, logging: Logging, clock: Clock };
+    Runtime::new(services, limits).unwrap()
 }
 
 fn message(payload: &str) -> Message {
@@ -47,13 +49,17 @@ fn message(payload: &str) -> Message {
     }
 }
 
-fn grants() -> Grants {
-    Grants {
-        read: HashSet::from(["readable".to_string()]),
-        write: HashSet::from(["writable".to_string()]),
-        mail: false,
-        config: HashMap::from([("k".to_string(), "v".to_string())]),
-    }
+/// The grants of a manifest's `[capabilities]` table, given as TOML.
+fn grants_from(rt: &Runtime, toml: &str) -> Grants {
+    let table: ManifestGrants = toml::from_str(toml).unwrap();
+    rt.services().resolve("probe", &table, &|_| None).unwrap()
+}
+
+fn grants(rt: &Runtime) -> Grants {
+    grants_from(
+        rt,
+        "[documents]\nread = ['readable']\nwrite = ['writable']\n[config.k]\nvalue = 'v'\n",
+    )
 }
 
 /// The text a probe reported through a `give-up`.
@@ -67,7 +73,7 @@ fn reported(outcome: Outcome) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_that_imports_wasi_is_refused() {
     let rt = runtime(Limits::default()).await;
-    let error = rt.load("wasi-importer", fixture("wasi-importer"), Grants::default()).await.err().unwrap();
+    let error = rt.load("wasi-importer", &fixture("wasi-importer"), grants_from(&rt, "")).await.err().unwrap();
     let text = format!("{error:#}");
     assert!(text.contains("wasi:"), "{text}");
     assert!(text.contains("Runnel does not give"), "{text}");
@@ -76,7 +82,7 @@ async fn a_component_that_imports_wasi_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_reach_the_host_as_typed_outcomes() {
     let rt = runtime(Limits::default()).await;
-    let f = rt.load("probe", fixture("probe"), grants()).await.unwrap();
+    let f = rt.load("probe", &fixture("probe"), grants(&rt)).await.unwrap();
     assert!(matches!(f.handle(&message("ok")).await, Outcome::Handled));
     assert!(matches!(f.handle(&message("bad-input")).await, Outcome::Declined(HandlerError::BadInput(_))));
     assert!(matches!(f.handle(&message("retry")).await, Outcome::Declined(HandlerError::RetryLater(_))));
@@ -86,7 +92,7 @@ async fn answers_reach_the_host_as_typed_outcomes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_are_limited_to_the_grants() {
     let rt = runtime(Limits::default()).await;
-    let f = rt.load("probe", fixture("probe"), grants()).await.unwrap();
+    let f = rt.load("probe", &fixture("probe"), grants(&rt)).await.unwrap();
     let run = |payload: &'static str| {
         let f = f.clone();
         async move { reported(f.handle(&message(payload)).await) }
@@ -106,7 +112,7 @@ async fn capabilities_are_limited_to_the_grants() {
 async fn traps_loops_and_memory_hogs_end_the_call_not_the_host() {
     let limits = Limits { timeout: Duration::from_secs(1), max_memory_bytes: 32 << 20 };
     let rt = runtime(limits).await;
-    let f = rt.load("probe", fixture("probe"), grants()).await.unwrap();
+    let f = rt.load("probe", &fixture("probe"), grants(&rt)).await.unwrap();
 
     let Outcome::Failed(e) = f.handle(&message("trap")).await else { panic!("a panic must fail the call") };
     assert!(format!("{e:#}").contains("unreachable"), "{e:#}");

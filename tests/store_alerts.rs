@@ -114,9 +114,9 @@ async fn store_update_produces_one_alert_and_one_mail() {
 
     // A record the function cannot read goes to the dead-letter topic; the
     // function keeps going.
-    let producer = runnel::kafka::EventProducer::new(&servers.kafka_brokers, Duration::from_secs(10)).unwrap();
+    let producer = runnel::platform::kafka::EventProducer::new(&servers.kafka_brokers, Duration::from_secs(10)).unwrap();
     producer
-        .publish(runnel::kafka::Event {
+        .publish(runnel::platform::kafka::Event {
             topic: "store-alerts-topic",
             key: Some(b"garbage"),
             payload: b"{not json".to_vec(),
@@ -142,11 +142,12 @@ async fn store_update_produces_one_alert_and_one_mail() {
     })
     .await;
     println!("next PUT to mail received (group joined): {} ms", put_at.elapsed().as_millis());
-    let functions: Value = host.client.get(host.url("/api/functions")).send().await.unwrap().json().await.unwrap();
-    let function = functions.as_array().unwrap().iter().find(|f| f["name"] == "store-alert-to-email").unwrap();
-    assert_eq!(function["name"], "store-alert-to-email");
-    assert_eq!(function["state"], "running");
-    assert_eq!(function["deadLettered"], 1, "{functions}");
+    let function = host.get_json("/admin/functions/store-alert-to-email").await;
+    assert_eq!(function["state"], "running", "{function}");
+    assert_eq!(function["running"]["topic"], "store-alerts-topic", "{function}");
+    assert_eq!(function["running"]["group"], "store-alerts", "{function}");
+    assert_eq!(function["running"]["counters"]["deadLettered"], 1, "{function}");
+    assert!(function["running"]["counters"]["handled"].as_u64().unwrap() >= 2, "{function}");
 }
 
 /// The CRUD round trip of `/api/stores`.
@@ -187,6 +188,31 @@ async fn stores_crud_round_trip() {
     let got: Value = c.get(host.url(&format!("/api/stores/{a_id}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(got, put);
 
+    // A PATCH is a change: the server sets updateTimestamp anew, unless the
+    // patch gives one.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = c
+        .patch(host.url(&format!("/api/stores/{a_id}")))
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"address":"a third place"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let patched: Value = r.json().await.unwrap();
+    let stamp = |v: &Value, k: &str| v[k].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    assert!(stamp(&patched, "updateTimestamp") > stamp(&put, "updateTimestamp"), "{put} then {patched}");
+    assert_eq!(patched["createTimestamp"], put["createTimestamp"]);
+    let r = c
+        .patch(host.url(&format!("/api/stores/{a_id}")))
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"updateTimestamp":"2025-05-05T05:05:05.005Z"}"#)
+        .send()
+        .await
+        .unwrap();
+    let given: Value = r.json().await.unwrap();
+    assert_eq!(given["updateTimestamp"], "2025-05-05T05:05:05.005Z");
+
     let r = c.delete(host.url(&format!("/api/stores/{a_id}"))).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = c.get(host.url(&format!("/api/stores/{a_id}"))).send().await.unwrap();
@@ -225,6 +251,10 @@ async fn bad_configuration_names_the_setting() {
     std::fs::write(core_dir.join("f.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let manifest_dir = tempdir("bad-manifest");
     std::fs::write(manifest_dir.join("f.toml"), "name = 'f'\n[trigger.kafka]\ntopic = 't'\nshell = true\n").unwrap();
+    let misnamed_dir = tempdir("misnamed");
+    std::fs::copy(servers.functions_dir.join("store-alert-to-email.toml"), misnamed_dir.join("other.toml")).unwrap();
+    std::fs::copy(servers.functions_dir.join("store-alert-to-email.wasm"), misnamed_dir.join("other.wasm")).unwrap();
+    let misnamed_dir = misnamed_dir.display().to_string();
     let bad_dir = bad_dir.display().to_string();
     let core_dir = core_dir.display().to_string();
     let manifest_dir = manifest_dir.display().to_string();
@@ -242,7 +272,9 @@ async fn bad_configuration_names_the_setting() {
         (vec![("RUNNEL_FUNCTIONS_DIR", &functions), ("ALERT_DISTRIBUTION_LIST", "")], &["ALERT_DISTRIBUTION_LIST"]),
         (vec![("RUNNEL_FUNCTIONS_DIR", &bad_dir), ("ALERT_DISTRIBUTION_LIST", "a@b.c")], &["f.wasm", "not a WebAssembly file"]),
         (vec![("RUNNEL_FUNCTIONS_DIR", &core_dir), ("ALERT_DISTRIBUTION_LIST", "a@b.c")], &["f.wasm", "not a component"]),
-        (vec![("RUNNEL_FUNCTIONS_DIR", &manifest_dir)], &["f.toml", "unknown field `shell`"]),
+        (vec![("RUNNEL_FUNCTIONS_DIR", &manifest_dir)], &["f.toml", "line 4", "unknown field `shell`"]),
+        (vec![("RUNNEL_FUNCTIONS_DIR", &misnamed_dir), ("ALERT_DISTRIBUTION_LIST", "a@b.c")], &["other.toml", "does not match"]),
+        (vec![("RUNNEL_ADMIN_TOKEN", "short")], &["RUNNEL_ADMIN_TOKEN"]),
     ];
     for (env, expected) in cases {
         let stderr = start_failing(&servers, &env).await;

@@ -19,6 +19,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long start-up waits for the broker and the database.
     pub connect_timeout: Duration,
+    /// The bearer token of the admin API; none: loopback clients only.
+    pub admin_token: Option<String>,
+    /// Largest deploy (manifest + component) the admin API accepts.
+    pub max_component_bytes: usize,
+    /// How often the host reads the deployments every host shares.
+    pub sync_interval: Duration,
 }
 
 /// A setting that is missing or malformed.
@@ -100,6 +106,26 @@ impl Config {
             err("RUNNEL_MAX_BODY_BYTES", format!("'{max_body}' is not a number of bytes"))
         })?;
 
+        let admin_token = lookup("RUNNEL_ADMIN_TOKEN").map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        if let Some(token) = &admin_token
+            && (token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(err("RUNNEL_ADMIN_TOKEN", "must be at least 16 characters, without spaces".into()));
+        }
+
+        let max_component = get("RUNNEL_MAX_COMPONENT_BYTES", "67108864");
+        let max_component_bytes = max_component.parse().map_err(|_| {
+            err("RUNNEL_MAX_COMPONENT_BYTES", format!("'{max_component}' is not a number of bytes"))
+        })?;
+
+        let sync_ms = get("RUNNEL_SYNC_INTERVAL_MS", "500");
+        let sync_interval = sync_ms
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| (10..=60_000).contains(ms))
+            .map(Duration::from_millis)
+            .ok_or_else(|| err("RUNNEL_SYNC_INTERVAL_MS", format!("'{sync_ms}' is not a number of milliseconds from 10 to 60000")))?;
+
         Ok(Config {
             http_addr,
             kafka_brokers,
@@ -110,6 +136,9 @@ impl Config {
             functions_dir,
             max_body_bytes,
             connect_timeout: Duration::from_secs(10),
+            admin_token,
+            max_component_bytes,
+            sync_interval,
         })
     }
 }
@@ -144,6 +173,9 @@ mod tests {
             ("RUNNEL_SMTP_URL", "127.0.0.1:25"),
             ("RUNNEL_MAIL_FROM", "nobody"),
             ("RUNNEL_MAX_BODY_BYTES", "1MB"),
+            ("RUNNEL_ADMIN_TOKEN", "short"),
+            ("RUNNEL_MAX_COMPONENT_BYTES", "-1"),
+            ("RUNNEL_SYNC_INTERVAL_MS", "0"),
         ] {
             let e = config(&[(name, value)]).unwrap_err();
             assert_eq!(e.name, name);

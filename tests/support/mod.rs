@@ -46,6 +46,8 @@ pub struct Host {
     pub database: String,
     pub log: PathBuf,
     pub client: reqwest::Client,
+    /// The admin token the host was started with.
+    pub admin_token: Option<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -80,9 +82,14 @@ impl Host {
     /// Starts a host and waits until its API answers (and, when functions
     /// are deployed, until every trigger is running).
     pub async fn start(servers: &Servers, env: &[(&str, &str)]) -> Host {
-        let database = format!("test_{}", uuid::Uuid::new_v4().simple());
+        Host::start_on(servers, &format!("test_{}", uuid::Uuid::new_v4().simple()), env).await
+    }
+
+    /// Starts a host on `database` (several hosts may share one).
+    pub async fn start_on(servers: &Servers, database: &str, env: &[(&str, &str)]) -> Host {
+        let database = database.to_string();
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("runnel-{database}.log"));
+        let log = std::env::temp_dir().join(format!("runnel-{database}-{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
         let child = host_command(servers, &database, port, env)
             .stdout(Stdio::null())
@@ -95,6 +102,7 @@ impl Host {
             database,
             log,
             client: reqwest::Client::new(),
+            admin_token: env.iter().find(|(k, _)| *k == "RUNNEL_ADMIN_TOKEN").map(|(_, v)| v.to_string()),
         };
         host.wait_ready().await;
         host
@@ -106,9 +114,15 @@ impl Host {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the host exited ({status}) during start-up:\n{}", self.log_text());
             }
-            if let Ok(r) = self.client.get(self.url("/api/functions")).send().await {
+            let mut request = self.client.get(self.url("/admin/functions"));
+            if let Some(token) = &self.admin_token {
+                request = request.bearer_auth(token);
+            }
+            if let Ok(r) = request.send().await
+                && r.status().is_success()
+            {
                 let functions: Vec<serde_json::Value> = r.json().await.unwrap_or_default();
-                if functions.iter().all(|f| f["state"] == "running") {
+                if functions.iter().all(|f| f["state"] == "running" || f["state"] == "undeployed") {
                     return;
                 }
             }
@@ -219,4 +233,57 @@ impl Host {
         assert_eq!(status, reqwest::StatusCode::OK, "GET {path}: {value}");
         value
     }
+}
+
+/// A fixture component built by scripts/test.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let dir = std::env::var("RUNNEL_TEST_FIXTURES_DIR").expect("RUNNEL_TEST_FIXTURES_DIR: run the tests with scripts/test");
+    let path = Path::new(&dir).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+impl Host {
+    /// `PUT /admin/functions/{name}` with a manifest and a component.
+    pub async fn deploy(&self, name: &str, manifest: &str, component: &[u8]) -> (reqwest::StatusCode, serde_json::Value) {
+        let form = reqwest::multipart::Form::new()
+            .part("manifest", reqwest::multipart::Part::text(manifest.to_string()))
+            .part("component", reqwest::multipart::Part::bytes(component.to_vec()));
+        let r = self.client.put(self.url(&format!("/admin/functions/{name}"))).multipart(form).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// A manifest for the `recorder` fixture: it records into `collection`,
+/// labelled `label`, from `topic` in `group`.
+pub fn recorder_manifest(name: &str, topic: &str, group: &str, collection: &str, label: &str) -> String {
+    format!(
+        "name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\ngroup = '{group}'\n\
+         [capabilities.documents]\nwrite = ['{collection}']\n\
+         [capabilities.config.collection]\nvalue = '{collection}'\n[capabilities.config.label]\nvalue = '{label}'\n"
+    )
+}
+
+/// Creates `topic` with `partitions` partitions.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let results = admin
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))], &AdminOptions::new())
+        .await
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+}
+
+/// Documents of `collection` in `database`, as JSON.
+pub async fn documents(mongodb_uri: &str, database: &str, collection: &str) -> Vec<serde_json::Value> {
+    use futures::TryStreamExt;
+    let client = mongodb::Client::with_uri_str(mongodb_uri).await.unwrap();
+    let docs: Vec<mongodb::bson::Document> =
+        client.database(database).collection(collection).find(mongodb::bson::doc! {}).await.unwrap().try_collect().await.unwrap();
+    docs.into_iter().map(|d| mongodb::bson::Bson::Document(d).into_relaxed_extjson()).collect()
 }

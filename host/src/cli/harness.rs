@@ -1,0 +1,60 @@
+//! Test harness for a function crate: loads its built component and
+//! manifest and runs messages through them, the way `runnel invoke` does.
+//! Used by the test `runnel new` writes.
+
+use std::path::{Path, PathBuf};
+
+use crate::platform::runtime::{Invocation, Message};
+
+pub struct Harness {
+    component: Vec<u8>,
+    manifest: String,
+    topic: String,
+}
+
+/// The folder cargo builds into, seen from a crate's folder.
+fn target_dir(crate_dir: &Path) -> PathBuf {
+    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    crate_dir
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").exists())
+        .unwrap_or(crate_dir)
+        .join("target")
+}
+
+impl Harness {
+    /// Loads the crate `name` of the test being run (its `runnel.toml`, and
+    /// its component built with `--target wasm32-wasip2 --profile wasm`).
+    /// Panics with what to do when the component is not built.
+    pub async fn load(name: &str) -> Harness {
+        let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run under cargo test"));
+        let manifest = std::fs::read_to_string(crate_dir.join("runnel.toml")).expect("runnel.toml");
+        let wasm = target_dir(&crate_dir).join("wasm32-wasip2/wasm").join(format!("{}.wasm", name.replace('-', "_")));
+        let component = std::fs::read(&wasm).unwrap_or_else(|e| {
+            panic!("{}: {e}; build it first: cargo build -p {name} --target wasm32-wasip2 --profile wasm", wasm.display())
+        });
+        let topic = crate::platform::deployments::Manifest::parse(&manifest).expect("a valid runnel.toml").trigger.kafka.topic;
+        Harness { component, manifest, topic }
+    }
+
+    /// Runs a record with `payload` (offset 0, no key, no headers).
+    pub async fn invoke(&self, payload: &[u8]) -> Invocation {
+        let message = Message {
+            topic: self.topic.clone(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: payload.to_vec(),
+            headers: vec![],
+            timestamp_ms: None,
+        };
+        self.invoke_message(&message).await
+    }
+
+    pub async fn invoke_message(&self, message: &Message) -> Invocation {
+        let services = super::invoke::services().await.expect("services from the environment");
+        super::invoke::invoke(&self.component, &self.manifest, message, services).await.expect("the function loads")
+    }
+}

@@ -1,0 +1,389 @@
+//! `/admin`: deploy, list, roll back and undeploy functions. Deploying is
+//! running code on the host, so every admin route is behind [`AdminAuth`].
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /admin/functions` | every function: active version, earlier versions, state here, counters |
+//! | `GET /admin/functions/{name}` | one |
+//! | `PUT /admin/functions/{name}` | deploy: `multipart/form-data` with parts `manifest` (TOML) and `component` (the `.wasm`) |
+//! | `DELETE /admin/functions/{name}` | undeploy (versions are kept) |
+//! | `POST /admin/functions/{name}/rollback` | activate the previous version, or `{"version": "…"}` |
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{ConnectInfo, DefaultBodyLimit, Multipart, Path, Request, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::{
+    ContentBuilder, HttpMethod, ObjectBuilder, OpenApi, RefOr, Required, Schema,
+    request_body::RequestBodyBuilder,
+    schema::{ArrayBuilder, Type},
+};
+
+use super::{
+    deployments::{DeployError, Deployed, Deployer, FunctionDoc, HistoryEntry, registry::FunctionStatus},
+    http::{
+        Problem,
+        openapi::{Api, Op, schema_ref},
+        request::json_object,
+    },
+};
+
+/// Who may use the admin API.
+#[derive(Debug, Clone)]
+pub enum AdminAuth {
+    /// `Authorization: Bearer <token>` with this token.
+    Token(Arc<str>),
+    /// No token configured: clients on a loopback address only.
+    LoopbackOnly,
+}
+
+impl AdminAuth {
+    /// Allows the request, or says why not (401: no credentials; 403: the
+    /// wrong ones, or not from loopback).
+    pub fn check(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<(), Problem> {
+        match self {
+            AdminAuth::LoopbackOnly => match peer {
+                Some(peer) if peer.ip().is_loopback() => Ok(()),
+                _ => Err(Problem::forbidden(
+                    "the admin API answers only loopback clients when RUNNEL_ADMIN_TOKEN is not set",
+                )),
+            },
+            AdminAuth::Token(expected) => {
+                let Some(value) = headers.get(header::AUTHORIZATION) else {
+                    return Err(Problem::unauthorized("the admin API needs `Authorization: Bearer <token>`"));
+                };
+                let token = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                    .map(str::trim)
+                    .ok_or_else(|| Problem::unauthorized("the Authorization header is not `Bearer <token>`"))?;
+                if constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(Problem::forbidden("the admin token is not valid"))
+                }
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub deployer: Deployer,
+    pub auth: Arc<AdminAuth>,
+}
+
+async fn authorize(State(auth): State<Arc<AdminAuth>>, request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    match auth.check(request.headers(), peer) {
+        Ok(()) => next.run(request).await,
+        Err(problem) => {
+            let unauthorized = problem.status == StatusCode::UNAUTHORIZED;
+            let mut response = problem.into_response();
+            if unauthorized {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"runnel-admin\""));
+            }
+            response
+        }
+    }
+}
+
+/// One function, as the admin API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionView {
+    pub name: String,
+    /// The version every host runs; none once undeployed.
+    pub active_version: Option<String>,
+    /// Grows with every deploy, rollback and undeploy.
+    pub revision: i64,
+    /// On this host: starting, running, failed, stopped or undeployed.
+    pub state: String,
+    pub reason: Option<String>,
+    /// What runs on this host, with its trigger and counters.
+    pub running: Option<FunctionStatus>,
+    /// Every version kept, newest first.
+    pub versions: Vec<VersionView>,
+    /// Every change of the active version, oldest first.
+    pub history: Vec<HistoryView>,
+}
+
+/// One change of a function's active version.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryView {
+    /// None for an undeploy.
+    pub version: Option<String>,
+    /// deploy, rollback, undeploy, seed or reload.
+    pub action: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionView {
+    pub version: String,
+    pub deployed_at: chrono::DateTime<chrono::Utc>,
+    pub size: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    version: Option<String>,
+}
+
+/// The admin routes and their OpenAPI description. `max_component_bytes`
+/// bounds a deploy's body.
+pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi) {
+    let mut api = Api::<AdminState>::default();
+    api.schema::<FunctionView>();
+    api.schema::<VersionView>();
+    api.schema::<HistoryView>();
+    api.schema::<FunctionStatus>();
+    let tag = "admin";
+    let view = || schema_ref("FunctionView");
+    let multipart: RefOr<Schema> = ObjectBuilder::new()
+        .property("manifest", ObjectBuilder::new().schema_type(Type::String).description(Some("runnel.toml")))
+        .property("component", ObjectBuilder::new().schema_type(Type::String).format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary))))
+        .required("manifest")
+        .required("component")
+        .into();
+    let mut deploy = Op::new(HttpMethod::Put, "deploy_function", "Deploy a version (and make it active on every host)", tag)
+        .with_path_parameter("name")
+        .json(200, "Deployed and active on this host", view())
+        .problem(400, "Not multipart/form-data, or a part missing or unknown (`field` names it)")
+        .problem(413, "The body is larger than RUNNEL_MAX_COMPONENT_BYTES")
+        .problem(422, "The manifest or the component cannot be used (`field` says which; the detail says why, with the manifest line)")
+        .problem(503, "The database or the broker did not answer; nothing was activated");
+    deploy.operation = deploy.operation.request_body(Some(
+        RequestBodyBuilder::new()
+            .required(Some(Required::True))
+            .content("multipart/form-data", ContentBuilder::new().schema(Some(multipart)).build())
+            .build(),
+    ));
+    let mut rollback = Op::new(HttpMethod::Post, "rollback_function", "Activate the previous version, or a named one", tag)
+        .with_path_parameter("name")
+        .json(200, "Rolled back", view())
+        .problem(400, "A malformed body")
+        .problem(404, "No such function, or no such version of it");
+    rollback.operation = rollback.operation.request_body(Some(
+        RequestBodyBuilder::new()
+            .required(Some(Required::False))
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(ObjectBuilder::new().property("version", ObjectBuilder::new().schema_type(Type::String))))
+                    .build(),
+            )
+            .build(),
+    ));
+    let unauthorized = |op: Op| {
+        op.problem(401, "No `Authorization: Bearer` token (RUNNEL_ADMIN_TOKEN is set)")
+            .problem(403, "A wrong token, or a client not on loopback when no token is set")
+    };
+    let api = api
+        .route(
+            "/admin/functions",
+            get(list),
+            vec![unauthorized(Op::new(HttpMethod::Get, "list_functions", "Every function and its versions", tag).json(
+                200,
+                "Every function ever deployed",
+                ArrayBuilder::new().items(view()).build(),
+            ))],
+        )
+        .route(
+            "/admin/functions/{name}",
+            get(read).put(deploy_function).delete(undeploy),
+            vec![
+                unauthorized(
+                    Op::new(HttpMethod::Get, "read_function", "One function", tag)
+                        .with_path_parameter("name")
+                        .json(200, "Found", view())
+                        .problem(404, "Never deployed"),
+                ),
+                unauthorized(deploy),
+                unauthorized(
+                    Op::new(HttpMethod::Delete, "undeploy_function", "Undeploy on every host (versions are kept)", tag)
+                        .with_path_parameter("name")
+                        .json(200, "Undeployed", view())
+                        .problem(404, "Not deployed"),
+                ),
+            ],
+        )
+        .route("/admin/functions/{name}/rollback", post(rollback_function), vec![unauthorized(rollback)]);
+    let (router, doc) = api.finish();
+    let auth = state.auth.clone();
+    let router = router
+        .layer(DefaultBodyLimit::max(max_component_bytes))
+        .layer(middleware::from_fn_with_state(auth, authorize))
+        .with_state(state);
+    (router, doc)
+}
+
+async fn view(state: &AdminState, function: FunctionDoc) -> Result<FunctionView, Problem> {
+    let deployer = &state.deployer;
+    let versions = deployer.store().versions_of(&function.name).await.map_err(unavailable)?;
+    let running = deployer.registry().status(&function.name);
+    let local_error = deployer.local_error(&function.name);
+    let (state, reason) = match (&function.active, &running, local_error) {
+        (None, _, _) => ("undeployed".to_string(), None),
+        (Some(_), _, Some(error)) => ("failed".to_string(), Some(error)),
+        (Some(_), Some(status), None) => {
+            let value = serde_json::to_value(&status.state).unwrap_or_default();
+            (
+                value["state"].as_str().unwrap_or("starting").to_string(),
+                value["reason"].as_str().map(String::from),
+            )
+        }
+        (Some(_), None, None) => ("starting".to_string(), None),
+    };
+    Ok(FunctionView {
+        name: function.name,
+        active_version: function.active,
+        revision: function.revision,
+        state,
+        reason,
+        running,
+        versions: versions
+            .into_iter()
+            .map(|v| VersionView { version: v.version, deployed_at: v.deployed_at.to_chrono(), size: v.size })
+            .collect(),
+        history: function
+            .history
+            .into_iter()
+            .map(|h: HistoryEntry| HistoryView { version: h.version, action: h.action, at: h.at.to_chrono() })
+            .collect(),
+    })
+}
+
+fn unavailable(e: mongodb::error::Error) -> Problem {
+    tracing::error!("admin: database: {e}");
+    Problem::unavailable("the database is unavailable; try again later")
+}
+
+async fn list(State(state): State<AdminState>) -> Result<Json<Vec<FunctionView>>, Problem> {
+    let functions = state.deployer.store().functions().await.map_err(unavailable)?;
+    let mut views = Vec::with_capacity(functions.len());
+    for function in functions {
+        views.push(view(&state, function).await?);
+    }
+    Ok(Json(views))
+}
+
+async fn read_view(state: &AdminState, name: &str) -> Result<Json<FunctionView>, Problem> {
+    let function = state
+        .deployer
+        .store()
+        .function(name)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Problem::not_found(format!("no function '{name}'")))?;
+    Ok(Json(view(state, function).await?))
+}
+
+async fn read(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Json<FunctionView>, Problem> {
+    read_view(&state, &name).await
+}
+
+fn deploy_problem(e: DeployError) -> Problem {
+    let detail = e.to_string();
+    match e {
+        DeployError::Manifest(_) | DeployError::Grants(_) => Problem::unprocessable(detail).with_field("manifest"),
+        DeployError::NameMismatch { .. } => Problem::unprocessable(detail).with_field("manifest.name"),
+        DeployError::Component(_) => Problem::unprocessable(detail).with_field("component"),
+        DeployError::UnknownFunction(_) | DeployError::UnknownVersion(_) => Problem::not_found(detail),
+        DeployError::Unavailable(_) => {
+            tracing::error!("admin: {detail}");
+            Problem::unavailable(detail)
+        }
+    }
+}
+
+/// Reads the `manifest` and `component` parts of a deploy.
+async fn deploy_parts(mut multipart: Multipart) -> Result<(String, Vec<u8>), Problem> {
+    let (mut manifest, mut component) = (None, None);
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::payload_too_large("the deployment is larger than RUNNEL_MAX_COMPONENT_BYTES")
+        } else {
+            Problem::invalid_json(format!("not a valid multipart/form-data body: {}", e.body_text()))
+        }
+    };
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "manifest" => {
+                let bytes = field.bytes().await.map_err(bad)?;
+                let text = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| Problem::invalid_field("manifest", "manifest: is not UTF-8 text"))?;
+                manifest = Some(text);
+            }
+            "component" => component = Some(field.bytes().await.map_err(bad)?.to_vec()),
+            other => {
+                return Err(Problem::invalid_field(other, format!("unknown part '{other}': expected `manifest` and `component`")));
+            }
+        }
+    }
+    let manifest = manifest.ok_or_else(|| Problem::invalid_field("manifest", "the `manifest` part is missing"))?;
+    let component = component.ok_or_else(|| Problem::invalid_field("component", "the `component` part is missing"))?;
+    Ok((manifest, component))
+}
+
+async fn deploy_function(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Json<FunctionView>, Problem> {
+    let multipart = multipart.map_err(|e| {
+        Problem::unsupported_media_type(format!("expected multipart/form-data with parts `manifest` and `component`: {}", e.body_text()))
+    })?;
+    let (manifest, component) = deploy_parts(multipart).await?;
+    let deployer = state.deployer.clone();
+    // In a task of its own: a client that hangs up does not cancel a deploy
+    // half-way.
+    let deployed = tokio::spawn(async move { deployer.deploy(Some(&name), &manifest, &component, "deploy", false).await })
+        .await
+        .map_err(|e| Problem::unavailable(format!("the deploy was interrupted: {e}")))?
+        .map_err(deploy_problem)?;
+    respond(&state, deployed).await
+}
+
+async fn respond(state: &AdminState, deployed: Deployed) -> Result<Json<FunctionView>, Problem> {
+    read_view(state, &deployed.name).await
+}
+
+async fn undeploy(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Json<FunctionView>, Problem> {
+    let deployed = state.deployer.undeploy(&name).await.map_err(deploy_problem)?;
+    respond(&state, deployed).await
+}
+
+async fn rollback_function(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<FunctionView>, Problem> {
+    let empty = body.as_ref().map(|b| b.is_empty()).unwrap_or(false);
+    let request = if empty {
+        RollbackRequest { version: None }
+    } else {
+        let value = json_object(&headers, body, &["application/json"])?;
+        serde_json::from_value(value).map_err(|e| Problem::invalid_json(format!("expected {{\"version\": \"…\"}}: {e}")))?
+    };
+    let deployed = state.deployer.rollback(&name, request.version.as_deref()).await.map_err(deploy_problem)?;
+    respond(&state, deployed).await
+}

@@ -1,0 +1,89 @@
+//! `logging`: a function's log lines, written by the host with the
+//! function's name, and kept (bounded) with the call's outcome so that
+//! `runnel invoke` and the admin API can show them.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{Capability, NoSettings};
+use crate::platform::runtime::bindings::runnel::function::logging as wit;
+
+/// Lines kept per call, and bytes kept per line.
+const MAX_LINES: usize = 100;
+const MAX_LINE_BYTES: usize = 4096;
+
+pub struct Logging;
+
+pub struct State {
+    function: Arc<str>,
+    /// What this call logged, oldest first.
+    pub lines: Vec<LogLine>,
+    pub dropped: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: &'static str,
+    pub message: String,
+}
+
+impl Capability for Logging {
+    type Grant = NoSettings;
+    type Resolved = ();
+    type State = State;
+
+    fn resolve(&self, _: &str, _: &NoSettings, _: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn instance(&self, function: &Arc<str>, _: &Arc<()>) -> State {
+        State { function: function.clone(), lines: Vec::new(), dropped: 0 }
+    }
+
+    fn link<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut State) -> anyhow::Result<()> {
+        wit::add_to_linker::<T, HasSelf<State>>(linker, get)?;
+        Ok(())
+    }
+}
+
+impl wit::Host for State {
+    async fn log(&mut self, level: wit::Level, mut message: String) {
+        if message.len() > MAX_LINE_BYTES {
+            let mut end = MAX_LINE_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        let function = &*self.function;
+        let level = match level {
+            wit::Level::Trace => {
+                tracing::trace!(function, "{message}");
+                "trace"
+            }
+            wit::Level::Debug => {
+                tracing::debug!(function, "{message}");
+                "debug"
+            }
+            wit::Level::Info => {
+                tracing::info!(function, "{message}");
+                "info"
+            }
+            wit::Level::Warn => {
+                tracing::warn!(function, "{message}");
+                "warn"
+            }
+            wit::Level::Error => {
+                tracing::error!(function, "{message}");
+                "error"
+            }
+        };
+        if self.lines.len() < MAX_LINES {
+            self.lines.push(LogLine { level, message });
+        } else {
+            self.dropped += 1;
+        }
+    }
+}

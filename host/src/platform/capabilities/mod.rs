@@ -1,0 +1,124 @@
+//! Capabilities: everything a function can reach, one self-contained module
+//! each.
+//!
+//! A capability implements [`Capability`], which keeps in one place:
+//! - its section of the manifest, `[capabilities.<name>]` ([`Capability::Grant`]);
+//! - the check of that grant, resolved once when a version is deployed
+//!   ([`Capability::resolve`], kept as [`Capability::Resolved`]);
+//! - the service behind it, shared by every function (the capability value);
+//! - the state one instance sees ([`Capability::State`]): the WIT interface's
+//!   host trait is implemented on it, so a host call can only touch its own
+//!   capability's state (the projection wasmtime-wasi calls a `…View`).
+//!
+//! This module only lists them (the `capabilities!` line below): adding a
+//! capability is its module, its WIT interface, and that line. A manifest
+//! that names a capability that does not exist is refused, with its line.
+
+pub mod clock;
+pub mod config;
+pub mod documents;
+pub mod logging;
+pub mod mail;
+
+use std::{fmt::Debug, sync::Arc};
+
+use anyhow::Context as _;
+use serde::de::DeserializeOwned;
+use wasmtime::{StoreLimits, component::Linker};
+
+/// How a capability plugs into the host; see the module documentation.
+pub trait Capability: Send + Sync + 'static {
+    /// Its manifest section; absent means `Default` (usually: nothing granted).
+    type Grant: DeserializeOwned + Default + Clone + Debug + Send + Sync + 'static;
+    /// The grant once checked and resolved against this host.
+    type Resolved: Debug + Send + Sync + 'static;
+    /// What one instance of a function holds of this capability.
+    type State: Send + 'static;
+
+    /// Checks `grant` for `function` and resolves it (e.g. reads the
+    /// environment variables it names); the error says what is wrong.
+    fn resolve(&self, function: &str, grant: &Self::Grant, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self::Resolved>;
+
+    /// The state of a new instance.
+    fn instance(&self, function: &Arc<str>, resolved: &Arc<Self::Resolved>) -> Self::State;
+
+    /// Adds the capability's WIT interface to `linker`, reaching its state
+    /// through `get`.
+    fn link<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut Self::State) -> anyhow::Result<()>;
+}
+
+macro_rules! capabilities {
+    ($($name:ident: $ty:ty),* $(,)?) => {
+        /// The `[capabilities]` table of a manifest: one optional section per
+        /// capability. Any other key is an error naming it.
+        #[derive(Debug, Clone, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct ManifestGrants {
+            $( #[serde(default)] pub $name: <$ty as Capability>::Grant, )*
+        }
+
+        /// The services behind the capabilities: one set per host.
+        pub struct Services {
+            $( pub $name: $ty, )*
+        }
+
+        /// A deployment's grants, resolved once, shared by its instances.
+        #[derive(Debug, Clone)]
+        pub struct Grants {
+            $( pub $name: Arc<<$ty as Capability>::Resolved>, )*
+        }
+
+        /// The state of one instance: one projection per capability, and
+        /// the store's resource limits.
+        pub struct InstanceState {
+            $( pub $name: <$ty as Capability>::State, )*
+            pub(crate) limits: StoreLimits,
+        }
+
+        /// The names of the capabilities, as manifests and WIT name them.
+        pub const NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        impl Services {
+            /// Resolves every section of `grants` for `function`.
+            pub fn resolve(
+                &self,
+                function: &str,
+                grants: &ManifestGrants,
+                env: &dyn Fn(&str) -> Option<String>,
+            ) -> anyhow::Result<Grants> {
+                Ok(Grants {
+                    $( $name: Arc::new(
+                        self.$name
+                            .resolve(function, &grants.$name, env)
+                            .with_context(|| format!("capabilities.{}", stringify!($name)))?,
+                    ), )*
+                })
+            }
+
+            /// The state of a new instance of `function`.
+            pub fn instance(&self, function: &Arc<str>, grants: &Grants, limits: StoreLimits) -> InstanceState {
+                InstanceState { $( $name: self.$name.instance(function, &grants.$name), )* limits }
+            }
+        }
+
+        /// Links every capability's interface.
+        pub fn link(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+            $( <$ty as Capability>::link(linker, |state: &mut InstanceState| &mut state.$name)?; )*
+            Ok(())
+        }
+    };
+}
+
+capabilities! {
+    documents: documents::Documents,
+    mail: mail::Mail,
+    config: config::Config,
+    logging: logging::Logging,
+    clock: clock::Clock,
+}
+
+/// The manifest section of a capability every function has and that takes
+/// no settings: present or not, it grants the same.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}

@@ -1,0 +1,236 @@
+//! The deployment manifest: what triggers a function and which capabilities
+//! it is granted. Anything not granted here is refused by the host.
+//!
+//! ```toml
+//! name = "store-alert-to-email"       # must match the file / route name
+//!
+//! [trigger.kafka]
+//! topic = "store-alerts-topic"
+//! group = "store-alerts"              # default: the function's name
+//!
+//! [trigger.kafka.filter]              # optional; every condition given must hold
+//! key-prefix = "store-"
+//! header = { name = "source", value = "api" }
+//! json = { field = "storeStatus", equals = "CLOSED" }
+//!
+//! [capabilities.documents]
+//! write = ["store_alerts"]
+//! [capabilities.mail]
+//! enabled = true
+//! [capabilities.config.distribution-list]
+//! env = "ALERT_DISTRIBUTION_LIST"
+//! required = true
+//! ```
+//!
+//! Every check is made while parsing, so an error names the key and its
+//! line: `line 4: unknown field `shell`, expected `topic`, `group` or `filter``.
+
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+use crate::platform::{capabilities::ManifestGrants, runtime::Message};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(deserialize_with = "function_name")]
+    pub name: String,
+    pub trigger: Trigger,
+    #[serde(default)]
+    pub capabilities: ManifestGrants,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    pub kafka: KafkaTrigger,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTrigger {
+    #[serde(deserialize_with = "topic_name")]
+    pub topic: String,
+    /// Consumer group; defaults to the function's name.
+    #[serde(default, deserialize_with = "group_name")]
+    pub group: Option<String>,
+    /// Records that do not match are committed without running the function.
+    pub filter: Option<Filter>,
+}
+
+/// Which records reach the function. Every condition given must hold.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Filter {
+    /// The record's key starts with these bytes (UTF-8).
+    pub key_prefix: Option<String>,
+    /// The record has this header with this value.
+    pub header: Option<HeaderFilter>,
+    /// The payload is a JSON object whose field (a dotted path) equals a value.
+    pub json: Option<JsonFilter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderFilter {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonFilter {
+    /// `a.b.c` reaches `{"a":{"b":{"c":…}}}`.
+    pub field: String,
+    pub equals: serde_json::Value,
+}
+
+/// A manifest that cannot be used, with the line at fault when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct ManifestError {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 100 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn function_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    if !valid_name(&name) || name.starts_with('.') {
+        return Err(D::Error::custom(format!(
+            "'{name}' is not a function name: use 1 to 100 letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(name)
+}
+
+fn topic_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let topic = String::deserialize(d)?;
+    if !valid_name(&topic) || topic == "." || topic == ".." {
+        return Err(D::Error::custom(format!("'{topic}' is not a valid topic name")));
+    }
+    Ok(topic)
+}
+
+fn group_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let group = String::deserialize(d)?;
+    if group.trim().is_empty() || group.len() > 255 {
+        return Err(D::Error::custom("a group name must not be empty (or longer than 255 bytes)"));
+    }
+    Ok(Some(group))
+}
+
+impl Manifest {
+    /// Parses and checks a manifest's text.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        toml::from_str(text).map_err(|e| ManifestError {
+            line: e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+            message: e.message().trim().to_string(),
+        })
+    }
+
+    pub fn group(&self) -> &str {
+        self.trigger.kafka.group.as_deref().unwrap_or(&self.name)
+    }
+}
+
+impl Filter {
+    /// Whether `message` passes every condition of the filter.
+    pub fn matches(&self, message: &Message) -> bool {
+        if let Some(prefix) = &self.key_prefix
+            && !message.key.as_deref().is_some_and(|k| k.starts_with(prefix.as_bytes()))
+        {
+            return false;
+        }
+        if let Some(h) = &self.header
+            && !message.headers.iter().any(|m| m.key == h.name && m.value == h.value.as_bytes())
+        {
+            return false;
+        }
+        if let Some(j) = &self.json {
+            let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&message.payload) else { return false };
+            let found = j.field.split('.').try_fold(&payload, |value, key| value.get(key));
+            let equal = match (found, &j.equals) {
+                (Some(serde_json::Value::Number(a)), serde_json::Value::Number(b)) => a.as_f64() == b.as_f64(),
+                (Some(a), b) => a == b,
+                (None, _) => false,
+            };
+            if !equal {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::runtime::Header;
+
+    const STORE_ALERT: &str = include_str!("../../../../functions/store-alert-to-email/runnel.toml");
+
+    #[test]
+    fn the_shipped_manifest_parses() {
+        let m = Manifest::parse(STORE_ALERT).unwrap();
+        assert_eq!(m.group(), "store-alerts");
+        assert!(m.capabilities.mail.enabled);
+        assert_eq!(m.capabilities.documents.write, ["store_alerts"]);
+        assert!(m.capabilities.config.contains_key("distribution-list"));
+    }
+
+    #[test]
+    fn bad_manifests_name_the_key_and_line() {
+        for (text, expected) in [
+            ("name = 'x'", "missing field `trigger`"),
+            ("name = 'a b'\n[trigger.kafka]\ntopic = 't'", "line 1: 'a b' is not a function name"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\nextra = 1", "line 4: unknown field `extra`"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[capabilities.config.k]\nrequired = true", "line 4: give exactly one of"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[capabilities.documents]\nwrite = ['system.users']", "line 5: 'system.users'"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[capabilities.documents]\nwrite = ['runnel_versions']", "runnel_versions"),
+            ("not toml", "line 1"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[capabilities.config.db]\nenv = 'RUNNEL_MONGODB_URI'", "setting of the host"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[capabilities.shell]\nenabled = true", "line 4: unknown field `shell`"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[capabilities.mail]\nenabled = 'yes'", "line 5: invalid type"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 'a/b'", "line 3: 'a/b' is not a valid topic name"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\ngroup = ' '", "line 4: a group name must not be empty"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[trigger.kafka.filter]\nkey = 'a'", "line 5: unknown field `key`"),
+        ] {
+            let e = Manifest::parse(text).unwrap_err().to_string();
+            assert!(e.contains(expected), "{text:?}: {e}");
+        }
+    }
+
+    fn message(key: &str, header: (&str, &str), payload: &str) -> Message {
+        Message {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            key: Some(key.as_bytes().to_vec()),
+            payload: payload.as_bytes().to_vec(),
+            headers: vec![Header { key: header.0.into(), value: header.1.as_bytes().to_vec() }],
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn filters_match_key_header_and_json_field() {
+        let m = Manifest::parse(
+            "name = 'x'\n[trigger.kafka]\ntopic = 't'\n[trigger.kafka.filter]\nkey-prefix = 'eu-'\n\
+             header = { name = 'src', value = 'api' }\njson = { field = 'store.status', equals = 'CLOSED' }",
+        )
+        .unwrap();
+        let f = m.trigger.kafka.filter.unwrap();
+        let closed = r#"{"store":{"status":"CLOSED"}}"#;
+        assert!(f.matches(&message("eu-1", ("src", "api"), closed)));
+        assert!(!f.matches(&message("us-1", ("src", "api"), closed)));
+        assert!(!f.matches(&message("eu-1", ("src", "batch"), closed)));
+        assert!(!f.matches(&message("eu-1", ("src", "api"), r#"{"store":{"status":"OPEN"}}"#)));
+        assert!(!f.matches(&message("eu-1", ("src", "api"), "not json")));
+        let n = Manifest::parse("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[trigger.kafka.filter]\njson = { field = 'n', equals = 3 }")
+            .unwrap();
+        assert!(n.trigger.kafka.filter.unwrap().matches(&message("k", ("a", "b"), r#"{"n": 3.0}"#)));
+    }
+}

@@ -1,0 +1,369 @@
+//! Deployments: what runs, on every host.
+//!
+//! A **version** of a function is its component and its manifest, named by
+//! the SHA-256 of both. Versions and the active version of every function are
+//! kept in the database ([`store`]); each host's [`Registry`] runs what the
+//! database says, through the [`Deployer`]:
+//! - a deploy (admin API, CLI, `RUNNEL_FUNCTIONS_DIR`) validates everything
+//!   first (manifest, grants, component), keeps the version, makes it active,
+//!   and activates it here at once;
+//! - every host polls the functions' revisions and activates, swaps or stops
+//!   what changed elsewhere ([`Deployer::sync`]).
+
+pub mod manifest;
+pub mod registry;
+pub mod status;
+pub mod store;
+pub mod watch;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+pub use manifest::{Manifest, ManifestError};
+pub use registry::{Activation, FunctionStatus, Registry, TriggerSettings};
+pub use status::{CounterSnapshot, FunctionState, Status};
+pub use store::{FunctionDoc, HistoryEntry, VersionDoc, VersionStore};
+
+use crate::platform::runtime::{Function, Runtime, sha256_hex};
+
+/// A compiled version, ready to run.
+pub struct Deployment {
+    /// The SHA-256 of the component and the manifest.
+    pub version: String,
+    pub manifest: Manifest,
+    pub function: Function,
+}
+
+/// Why a deploy was refused. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("manifest: name '{found}' does not match the function's name '{expected}'")]
+    NameMismatch { expected: String, found: String },
+    #[error("manifest: {0:#}")]
+    Grants(anyhow::Error),
+    #[error("component: {0:#}")]
+    Component(anyhow::Error),
+    #[error("no function '{0}'")]
+    UnknownFunction(String),
+    #[error("{0}")]
+    UnknownVersion(String),
+    /// The database or the broker did not answer.
+    #[error("{0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+/// The result of a deploy, rollback or undeploy.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployed {
+    pub name: String,
+    pub version: Option<String>,
+    pub revision: i64,
+    /// What changed on this host.
+    pub activation: Option<Activation>,
+}
+
+/// Deploys, rolls back and undeploys, keeps this host in step with the
+/// database. Cheap to clone.
+#[derive(Clone)]
+pub struct Deployer {
+    inner: Arc<DeployerInner>,
+}
+
+type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+struct DeployerInner {
+    runtime: Runtime,
+    registry: Registry,
+    store: VersionStore,
+    env: Env,
+    /// Per function, the revision this host last applied, and the error if
+    /// it could not run it.
+    applied: Mutex<HashMap<String, (i64, Option<String>)>>,
+    /// Serializes changes made on this host.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Deployer {
+    pub fn new(runtime: Runtime, registry: Registry, store: VersionStore, env: Env) -> Self {
+        Deployer {
+            inner: Arc::new(DeployerInner {
+                runtime,
+                registry,
+                store,
+                env,
+                applied: Mutex::default(),
+                changes: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn store(&self) -> &VersionStore {
+        &self.inner.store
+    }
+
+    /// Checks and compiles a version; nothing is kept or activated.
+    pub async fn prepare(&self, name: Option<&str>, manifest_text: &str, component: &[u8]) -> Result<Deployment, DeployError> {
+        let manifest = Manifest::parse(manifest_text)?;
+        if let Some(expected) = name
+            && manifest.name != expected
+        {
+            return Err(DeployError::NameMismatch { expected: expected.to_string(), found: manifest.name });
+        }
+        let env = self.inner.env.clone();
+        let grants = self
+            .inner
+            .runtime
+            .services()
+            .resolve(&manifest.name, &manifest.capabilities, &*env)
+            .map_err(DeployError::Grants)?;
+        let function =
+            self.inner.runtime.load(&manifest.name, component, grants).await.map_err(DeployError::Component)?;
+        Ok(Deployment { version: version_id(manifest_text, component), manifest, function })
+    }
+
+    /// Validates, keeps and activates a version (`action` says why, for the
+    /// history). With `only_if_new`, a version deployed before is not made
+    /// active again (how `RUNNEL_FUNCTIONS_DIR` seeds at start).
+    pub async fn deploy(
+        &self,
+        name: Option<&str>,
+        manifest_text: &str,
+        component: &[u8],
+        action: &str,
+        only_if_new: bool,
+    ) -> Result<Deployed, DeployError> {
+        let deployment = self.prepare(name, manifest_text, component).await?;
+        let _changes = self.inner.changes.lock().await;
+        let store = &self.inner.store;
+        let name = deployment.manifest.name.clone();
+        let version = deployment.version.clone();
+        let unavailable = |e: mongodb::error::Error| DeployError::Unavailable(anyhow::Error::new(e).context("database"));
+        if only_if_new && store.version(&version).await.map_err(unavailable)?.is_some() {
+            let function = store.function(&name).await.map_err(unavailable)?;
+            return Ok(Deployed {
+                name,
+                version: function.as_ref().and_then(|f| f.active.clone()),
+                revision: function.map_or(0, |f| f.revision),
+                activation: None,
+            });
+        }
+        // Deploying the active version again changes nothing.
+        if let Some(current) = store.function(&name).await.map_err(unavailable)?
+            && current.active.as_deref() == Some(version.as_str())
+            && self.inner.registry.running_version(&name).as_deref() == Some(version.as_str())
+        {
+            return Ok(Deployed { name, version: Some(version), revision: current.revision, activation: Some(Activation::Unchanged) });
+        }
+        let digest = sha256_hex(&[component]);
+        store.put_version(&version, &name, manifest_text, &digest, component).await.map_err(unavailable)?;
+        let function = store.set_active(&name, Some(&version), action).await.map_err(unavailable)?;
+        let activation = self.apply(&name, function.revision, Some(deployment)).await;
+        tracing::info!(function = %name, %version, action, "deployed");
+        Ok(Deployed { name, version: Some(version), revision: function.revision, activation })
+    }
+
+    /// Makes an earlier version active again: `to`, or the one active
+    /// before the current one.
+    pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<Deployed, DeployError> {
+        let store = &self.inner.store;
+        let unavailable = |e: mongodb::error::Error| DeployError::Unavailable(anyhow::Error::new(e).context("database"));
+        let function = store.function(name).await.map_err(unavailable)?.ok_or_else(|| DeployError::UnknownFunction(name.into()))?;
+        let target = match to {
+            Some(v) => v.to_string(),
+            None => function
+                .history
+                .iter()
+                .rev()
+                .filter_map(|h| h.version.as_deref())
+                .find(|v| Some(*v) != function.active.as_deref())
+                .ok_or_else(|| DeployError::UnknownVersion(format!("'{name}' has no earlier version to roll back to")))?
+                .to_string(),
+        };
+        let version = store
+            .version(&target)
+            .await
+            .map_err(unavailable)?
+            .filter(|v| v.function == name)
+            .ok_or_else(|| DeployError::UnknownVersion(format!("'{name}' has no version '{target}'")))?;
+        let component = store.component(&version).await.map_err(unavailable)?;
+        self.deploy(Some(name), &version.manifest, &component, "rollback", false).await
+    }
+
+    /// Undeploys `name` on every host; its versions stay, for a rollback.
+    pub async fn undeploy(&self, name: &str) -> Result<Deployed, DeployError> {
+        let _changes = self.inner.changes.lock().await;
+        let store = &self.inner.store;
+        let unavailable = |e: mongodb::error::Error| DeployError::Unavailable(anyhow::Error::new(e).context("database"));
+        match store.function(name).await.map_err(unavailable)? {
+            Some(f) if f.active.is_some() => {}
+            _ => return Err(DeployError::UnknownFunction(name.into())),
+        }
+        let function = store.set_active(name, None, "undeploy").await.map_err(unavailable)?;
+        self.apply(name, function.revision, None).await;
+        Ok(Deployed { name: name.into(), version: None, revision: function.revision, activation: None })
+    }
+
+    /// Runs `deployment` (None: nothing) for `name` here, recording the
+    /// revision applied and any error.
+    async fn apply(&self, name: &str, revision: i64, deployment: Option<Deployment>) -> Option<Activation> {
+        let (activation, error) = match deployment {
+            Some(d) => match self.inner.registry.activate(d).await {
+                Ok(a) => (Some(a), None),
+                Err(e) => {
+                    tracing::error!(function = %name, "cannot run here: {e:#}");
+                    (None, Some(format!("{e:#}")))
+                }
+            },
+            None => {
+                self.inner.registry.stop(name).await;
+                (None, None)
+            }
+        };
+        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), (revision, error));
+        activation
+    }
+
+    /// The error that keeps this host from running `name`'s active version.
+    pub fn local_error(&self, name: &str) -> Option<String> {
+        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(name).and_then(|(_, e)| e.clone())
+    }
+
+    /// Brings this host in step with the database: starts, swaps or stops
+    /// every function whose revision changed since this host last applied it.
+    pub async fn sync(&self) -> anyhow::Result<()> {
+        let functions = self.inner.store.functions().await.context("cannot read the deployments")?;
+        for function in functions {
+            let applied = self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(&function.name).map(|a| a.0);
+            if applied.is_some_and(|r| r >= function.revision) {
+                continue;
+            }
+            let _changes = self.inner.changes.lock().await;
+            // Read again under the lock: a change made here meanwhile wins.
+            let Some(function) = self.inner.store.function(&function.name).await? else { continue };
+            let applied = self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(&function.name).map(|a| a.0);
+            if applied.is_some_and(|r| r >= function.revision) {
+                continue;
+            }
+            let deployment = match &function.active {
+                None => None,
+                Some(version) if self.inner.registry.running_version(&function.name).as_deref() == Some(version) => {
+                    self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(function.name.clone(), (function.revision, None));
+                    continue;
+                }
+                Some(version) => match self.load(version).await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        let error = format!("cannot load version {version}: {e:#}");
+                        tracing::error!(function = %function.name, "{error}");
+                        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(function.name.clone(), (function.revision, Some(error)));
+                        continue;
+                    }
+                },
+            };
+            let activation = self.apply(&function.name, function.revision, deployment).await;
+            tracing::info!(function = %function.name, revision = function.revision, ?activation, "in step with the database");
+        }
+        Ok(())
+    }
+
+    async fn load(&self, version: &str) -> anyhow::Result<Deployment> {
+        let doc = self.inner.store.version(version).await?.context("no such version")?;
+        let component = self.inner.store.component(&doc).await?;
+        Ok(self.prepare(Some(&doc.function), &doc.manifest, &component).await?)
+    }
+
+    /// Syncs every `interval` until `stop` turns true.
+    pub async fn sync_until(self, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let mut failing = false;
+        loop {
+            match self.sync().await {
+                Ok(()) if failing => {
+                    tracing::info!("reading the deployments again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    tracing::warn!("{e:#}; will retry");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+/// The id of a version: the SHA-256 of its component's digest and its
+/// manifest's text.
+pub fn version_id(manifest_text: &str, component: &[u8]) -> String {
+    let digest = sha256_hex(&[component]);
+    sha256_hex(&[digest.as_bytes(), b"\n", manifest_text.as_bytes()])
+}
+
+/// A deployment in a folder: `<name>.toml` and `<name>.wasm`.
+pub struct DirEntry {
+    pub name: String,
+    pub manifest: PathBuf,
+    pub component: PathBuf,
+}
+
+/// The deployments in `dir`, by name.
+pub fn dir_entries(dir: &Path) -> anyhow::Result<Vec<DirEntry>> {
+    let mut entries: Vec<DirEntry> = std::fs::read_dir(dir)
+        .with_context(|| format!("RUNNEL_FUNCTIONS_DIR: cannot read '{}'", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter_map(|p| {
+            let name = p.file_stem()?.to_str()?.to_string();
+            Some(DirEntry { component: p.with_extension("wasm"), manifest: p, name })
+        })
+        .collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+/// Reads one deployment of a folder.
+pub fn read_entry(entry: &DirEntry) -> anyhow::Result<(String, Vec<u8>)> {
+    let text = std::fs::read_to_string(&entry.manifest)
+        .with_context(|| format!("'{}': cannot read the manifest", entry.manifest.display()))?;
+    let bytes = std::fs::read(&entry.component)
+        .with_context(|| format!("'{}': cannot read its component", entry.component.display()))?;
+    Ok((text, bytes))
+}
+
+impl Deployer {
+    /// Deploys every function in `dir` whose version is new. Any deployment
+    /// that cannot be used fails the whole seed, naming the file and why.
+    pub async fn seed(&self, dir: &Path) -> anyhow::Result<()> {
+        for entry in dir_entries(dir)? {
+            let (text, bytes) = read_entry(&entry)?;
+            let file = entry.manifest.display().to_string();
+            self.deploy(Some(&entry.name), &text, &bytes, "seed", true).await.map_err(|e| {
+                let at = match &e {
+                    DeployError::Component(_) => entry.component.display().to_string(),
+                    _ => file.clone(),
+                };
+                anyhow::anyhow!("cannot deploy '{at}': {e}")
+            })?;
+        }
+        Ok(())
+    }
+}

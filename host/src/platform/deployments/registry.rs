@@ -1,0 +1,236 @@
+//! The deployments running on this host: one supervised handle per
+//! function, which can be started, swapped and stopped.
+//!
+//! - **swap**: a new version whose trigger (topic, group) is unchanged is
+//!   handed to the running trigger through a `watch` channel; the consumer
+//!   keeps its group membership and position, so nothing is skipped, run
+//!   twice, or rebalanced;
+//! - **restart**: a changed trigger, or a trigger that has ended (the
+//!   function gave up), stops the old consumer (it commits and leaves its
+//!   group) and starts a new one;
+//! - **stop**: undeploy and shutdown.
+//!
+//! Each trigger runs in a task watched by a supervisor task: a trigger that
+//! ends or crashes is noticed and its state shows why.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::{sync::watch, task::JoinHandle};
+
+use super::{CounterSnapshot, Deployment, FunctionState, Status};
+use crate::platform::kafka::{EventProducer, dead_letter_topic, ensure_topics, trigger::Trigger};
+
+/// What triggers need from the host.
+#[derive(Clone)]
+pub struct TriggerSettings {
+    pub brokers: String,
+    pub producer: EventProducer,
+    /// How long to wait for the broker when creating topics.
+    pub timeout: Duration,
+    /// How long a stopping trigger may take to finish its call in flight.
+    pub stop_grace: Duration,
+}
+
+/// What changed on [`Registry::activate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Activation {
+    /// Not running before: a trigger was started.
+    Started,
+    /// Swapped into the running trigger.
+    Swapped,
+    /// The trigger changed or had ended: a new one was started.
+    Restarted,
+    /// This version was already the active one.
+    Unchanged,
+}
+
+/// One function on this host, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    pub name: String,
+    /// The SHA-256 of the running version's component and manifest.
+    pub version: String,
+    pub topic: String,
+    pub group: String,
+    #[serde(flatten)]
+    pub state: FunctionState,
+    pub counters: CounterSnapshot,
+    pub last_error: Option<String>,
+}
+
+struct Slot {
+    current: Arc<Deployment>,
+    deployment_tx: watch::Sender<Arc<Deployment>>,
+    stop_tx: watch::Sender<bool>,
+    /// The supervisor: ends when the trigger has ended.
+    supervisor: JoinHandle<()>,
+    status: Arc<Status>,
+}
+
+impl Slot {
+    fn trigger_key(&self) -> (&str, &str) {
+        (&self.current.manifest.trigger.kafka.topic, self.current.manifest.group())
+    }
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: TriggerSettings,
+    slots: Mutex<BTreeMap<String, Slot>>,
+    /// Serializes activations and stops (which wait for triggers).
+    ops: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    pub fn new(settings: TriggerSettings) -> Self {
+        Registry { inner: Arc::new(Inner { settings, slots: Mutex::default(), ops: tokio::sync::Mutex::new(()) }) }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
+        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `deployment` the running version of its function.
+    pub async fn activate(&self, deployment: Deployment) -> anyhow::Result<Activation> {
+        let _ops = self.inner.ops.lock().await;
+        let deployment = Arc::new(deployment);
+        let name = deployment.manifest.name.clone();
+        let key = (deployment.manifest.trigger.kafka.topic.as_str(), deployment.manifest.group());
+        let previous_status = {
+            let mut slots = self.slots();
+            match slots.get_mut(&name) {
+                Some(slot) if slot.current.version == deployment.version && !slot.supervisor.is_finished() => {
+                    return Ok(Activation::Unchanged);
+                }
+                Some(slot) if slot.trigger_key() == key && !slot.supervisor.is_finished() => {
+                    slot.current = deployment.clone();
+                    slot.deployment_tx.send_replace(deployment.clone());
+                    tracing::info!(function = %name, version = %deployment.version, "swapped in place");
+                    return Ok(Activation::Swapped);
+                }
+                Some(_) => slots.remove(&name),
+                None => None,
+            }
+        };
+        let restarted = previous_status.is_some();
+        let status = match previous_status {
+            Some(slot) => {
+                let status = slot.status.clone();
+                self.stop_slot(slot).await;
+                status
+            }
+            None => Arc::new(Status::new(&name)),
+        };
+        self.start(deployment, status).await?;
+        Ok(if restarted { Activation::Restarted } else { Activation::Started })
+    }
+
+    async fn start(&self, deployment: Arc<Deployment>, status: Arc<Status>) -> anyhow::Result<()> {
+        let settings = &self.inner.settings;
+        let name = deployment.manifest.name.clone();
+        let topic = deployment.manifest.trigger.kafka.topic.clone();
+        ensure_topics(&settings.brokers, &[topic.clone(), dead_letter_topic(&topic)], settings.timeout)
+            .await
+            .with_context(|| format!("cannot create the topics of '{name}'"))?;
+        status.set_state(FunctionState::Starting);
+        let (deployment_tx, deployment_rx) = watch::channel(deployment.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let trigger = Trigger {
+            topic,
+            group: deployment.manifest.group().to_string(),
+            brokers: settings.brokers.clone(),
+            producer: settings.producer.clone(),
+            status: status.clone(),
+            deployment: deployment_rx,
+            stop: stop_rx,
+        };
+        let task = tokio::spawn(trigger.run());
+        let watched = status.clone();
+        let supervisor = tokio::spawn(async move {
+            let state = match task.await {
+                Ok(state) => state,
+                Err(e) if e.is_panic() => {
+                    let reason = panic_text(e.into_panic());
+                    tracing::error!(function = watched.name(), "the trigger crashed: {reason}");
+                    FunctionState::Failed { reason: format!("the trigger crashed: {reason}") }
+                }
+                Err(_) => FunctionState::Stopped,
+            };
+            watched.set_state(state);
+        });
+        tracing::info!(function = %name, version = %deployment.version, "trigger started");
+        self.slots().insert(name, Slot { current: deployment, deployment_tx, stop_tx, supervisor, status });
+        Ok(())
+    }
+
+    async fn stop_slot(&self, slot: Slot) {
+        let _ = slot.stop_tx.send(true);
+        let grace = self.inner.settings.stop_grace;
+        if tokio::time::timeout(grace, slot.supervisor).await.is_err() {
+            tracing::warn!(function = slot.status.name(), "the trigger did not stop within {grace:?}");
+        }
+    }
+
+    /// Stops `name`'s trigger (its consumer commits and leaves the group).
+    /// False when it was not deployed here.
+    pub async fn stop(&self, name: &str) -> bool {
+        let _ops = self.inner.ops.lock().await;
+        let Some(slot) = self.slots().remove(name) else { return false };
+        self.stop_slot(slot).await;
+        tracing::info!(function = %name, "undeployed");
+        true
+    }
+
+    /// Stops every trigger, all at once.
+    pub async fn shutdown(&self) {
+        let _ops = self.inner.ops.lock().await;
+        let slots = std::mem::take(&mut *self.slots());
+        futures::future::join_all(slots.into_values().map(|slot| self.stop_slot(slot))).await;
+    }
+
+    /// The version running here, if any.
+    pub fn running_version(&self, name: &str) -> Option<String> {
+        self.slots().get(name).map(|s| s.current.version.clone())
+    }
+
+    pub fn status(&self, name: &str) -> Option<FunctionStatus> {
+        self.slots().get(name).map(snapshot)
+    }
+
+    pub fn statuses(&self) -> Vec<FunctionStatus> {
+        self.slots().values().map(snapshot).collect()
+    }
+}
+
+fn snapshot(slot: &Slot) -> FunctionStatus {
+    let manifest = &slot.current.manifest;
+    FunctionStatus {
+        name: manifest.name.clone(),
+        version: slot.current.version.clone(),
+        topic: manifest.trigger.kafka.topic.clone(),
+        group: manifest.group().to_string(),
+        state: slot.status.state(),
+        counters: slot.status.counters(),
+        last_error: slot.status.last_error(),
+    }
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}

@@ -1,0 +1,118 @@
+//! How each deployment is doing: its state and counters, updated by its
+//! trigger and read by the admin API.
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use serde::Serialize;
+
+/// The state of a function's trigger on this host.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum FunctionState {
+    Starting,
+    Running,
+    /// The function gave up, could not start, or its trigger crashed; see
+    /// `reason`. Deploying a version makes it run again.
+    Failed { reason: String },
+    Stopped,
+}
+
+/// Counts kept per function on this host (since the host started).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub handled: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Calls that trapped or timed out.
+    pub failed: AtomicU64,
+    /// Records the trigger's filter skipped.
+    pub filtered: AtomicU64,
+    /// Calls run again (retry-later, or after a failure).
+    pub retried: AtomicU64,
+    /// Partition assignments and revocations the consumer saw.
+    pub assignments: AtomicU64,
+    pub revocations: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Status {
+    name: String,
+    state: Mutex<FunctionState>,
+    last_error: Mutex<Option<String>>,
+    pub counters: Counters,
+}
+
+/// The counters as the admin API shows them.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CounterSnapshot {
+    pub handled: u64,
+    pub dead_lettered: u64,
+    pub failed: u64,
+    pub filtered: u64,
+    pub retried: u64,
+    pub assignments: u64,
+    pub revocations: u64,
+}
+
+impl Status {
+    pub fn new(name: &str) -> Self {
+        Status {
+            name: name.to_string(),
+            state: Mutex::new(FunctionState::Starting),
+            last_error: Mutex::new(None),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn state(&self) -> FunctionState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_state(&self, state: FunctionState) {
+        if let FunctionState::Failed { reason } = &state {
+            self.set_last_error(reason.clone());
+        }
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_last_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    pub fn count(&self, counter: impl Fn(&Counters) -> &AtomicU64) {
+        counter(&self.counters).fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_assignment(&self) {
+        self.count(|c| &c.assignments);
+    }
+
+    pub fn count_revocation(&self) {
+        self.count(|c| &c.revocations);
+    }
+
+    pub fn counters(&self) -> CounterSnapshot {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterSnapshot {
+            handled: get(&c.handled),
+            dead_lettered: get(&c.dead_lettered),
+            failed: get(&c.failed),
+            filtered: get(&c.filtered),
+            retried: get(&c.retried),
+            assignments: get(&c.assignments),
+            revocations: get(&c.revocations),
+        }
+    }
+}

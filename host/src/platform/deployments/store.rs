@@ -1,0 +1,176 @@
+//! Versions kept durably in the host's database, so that every host pointed
+//! at the same database serves the same active version of each function,
+//! and a host that restarts serves it again.
+//!
+//! | collection | one document per | |
+//! |---|---|---|
+//! | `runnel_versions` | version | `_id` = the version id, function, manifest text, component digest and size, first deploy time |
+//! | `runnel_chunks` | 255 KiB of a component | `_id` = `<component digest>/<n>`; shared by versions with the same component |
+//! | `runnel_functions` | function | the active version (none once undeployed), a `revision` that grows with every change, and the history of activations |
+//!
+//! Components are content-addressed, so every write is idempotent: a deploy
+//! interrupted half-way and run again writes the same documents.
+
+use futures::TryStreamExt;
+use mongodb::{
+    Collection, Database,
+    bson::{self, Binary, Bson, DateTime, Document, doc, spec::BinarySubtype},
+    options::{ReturnDocument, UpdateOptions},
+};
+use serde::{Deserialize, Serialize};
+
+const CHUNK_BYTES: usize = 255 * 1024;
+
+#[derive(Clone)]
+pub struct VersionStore {
+    versions: Collection<VersionDoc>,
+    chunks: Collection<Document>,
+    functions: Collection<FunctionDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionDoc {
+    #[serde(rename = "_id")]
+    pub version: String,
+    pub function: String,
+    /// Left out of listings.
+    #[serde(default)]
+    pub manifest: String,
+    pub component_digest: String,
+    pub size: i64,
+    pub chunks: i32,
+    pub deployed_at: DateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionDoc {
+    #[serde(rename = "_id")]
+    pub name: String,
+    pub active: Option<String>,
+    pub revision: i64,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One change of a function's active version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// None for an undeploy.
+    pub version: Option<String>,
+    /// deploy, rollback, undeploy, seed or reload.
+    pub action: String,
+    pub at: DateTime,
+}
+
+impl VersionStore {
+    pub fn new(database: &Database) -> Self {
+        VersionStore {
+            versions: database.collection("runnel_versions"),
+            chunks: database.collection("runnel_chunks"),
+            functions: database.collection("runnel_functions"),
+        }
+    }
+
+    /// Keeps a version (its component in chunks); a version kept before is
+    /// left as it is.
+    pub async fn put_version(
+        &self,
+        version: &str,
+        function: &str,
+        manifest: &str,
+        component_digest: &str,
+        component: &[u8],
+    ) -> mongodb::error::Result<()> {
+        if self.versions.find_one(doc! { "_id": version }).await?.is_some() {
+            return Ok(());
+        }
+        let upsert = UpdateOptions::builder().upsert(true).build();
+        let mut chunks = 0;
+        for (n, chunk) in component.chunks(CHUNK_BYTES).enumerate() {
+            let data = Bson::Binary(Binary { subtype: BinarySubtype::Generic, bytes: chunk.to_vec() });
+            self.chunks
+                .update_one(doc! { "_id": format!("{component_digest}/{n}") }, doc! { "$set": { "data": data } })
+                .with_options(upsert.clone())
+                .await?;
+            chunks += 1;
+        }
+        let doc = VersionDoc {
+            version: version.to_string(),
+            function: function.to_string(),
+            manifest: manifest.to_string(),
+            component_digest: component_digest.to_string(),
+            size: component.len() as i64,
+            chunks,
+            deployed_at: DateTime::now(),
+        };
+        let doc = bson::to_document(&doc).map_err(mongodb::error::Error::custom)?;
+        self.versions
+            .clone_with_type::<Document>()
+            .update_one(doc! { "_id": version }, doc! { "$setOnInsert": doc })
+            .with_options(upsert)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn version(&self, version: &str) -> mongodb::error::Result<Option<VersionDoc>> {
+        self.versions.find_one(doc! { "_id": version }).await
+    }
+
+    /// Every version of `function`, newest first.
+    pub async fn versions_of(&self, function: &str) -> mongodb::error::Result<Vec<VersionDoc>> {
+        self.versions
+            .find(doc! { "function": function })
+            .projection(doc! { "manifest": 0 })
+            .sort(doc! { "deployedAt": -1 })
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// A version's component, put together from its chunks.
+    pub async fn component(&self, version: &VersionDoc) -> mongodb::error::Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(version.size.max(0) as usize);
+        for n in 0..version.chunks {
+            let id = format!("{}/{n}", version.component_digest);
+            let chunk = self
+                .chunks
+                .find_one(doc! { "_id": &id })
+                .await?
+                .ok_or_else(|| mongodb::error::Error::custom(format!("chunk {id} is missing")))?;
+            let data = chunk
+                .get_binary_generic("data")
+                .map_err(|e| mongodb::error::Error::custom(format!("chunk {id}: {e}")))?;
+            bytes.extend_from_slice(data);
+        }
+        if bytes.len() as i64 != version.size {
+            return Err(mongodb::error::Error::custom(format!("version {} is incomplete", version.version)));
+        }
+        Ok(bytes)
+    }
+
+    /// Makes `version` (None: nothing) the active one of `function`;
+    /// returns the function's new state.
+    pub async fn set_active(&self, function: &str, version: Option<&str>, action: &str) -> mongodb::error::Result<FunctionDoc> {
+        let entry = doc! { "version": version, "action": action, "at": DateTime::now() };
+        self.functions
+            .find_one_and_update(
+                doc! { "_id": function },
+                doc! { "$set": { "active": version }, "$inc": { "revision": 1_i64 }, "$push": { "history": entry } },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await?
+            .ok_or_else(|| mongodb::error::Error::custom("the function document vanished"))
+    }
+
+    pub async fn function(&self, name: &str) -> mongodb::error::Result<Option<FunctionDoc>> {
+        self.functions.find_one(doc! { "_id": name }).await
+    }
+
+    pub async fn functions(&self) -> mongodb::error::Result<Vec<FunctionDoc>> {
+        self.functions.find(Document::new()).sort(doc! { "_id": 1 }).await?.try_collect().await
+    }
+}

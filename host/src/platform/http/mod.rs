@@ -1,0 +1,9 @@
+//! HTTP building blocks shared by the platform's admin API and the
+//! application's routes: the one error shape, request parsing, and routes
+//! mounted together with their OpenAPI description.
+
+pub mod openapi;
+pub mod problem;
+pub mod request;
+
+pub use problem::Problem;

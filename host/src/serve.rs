@@ -1,0 +1,165 @@
+//! `runnel serve`: wires the platform and the application together, serves
+//! until told to stop, then stops the HTTP server and the triggers in order.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{Json, Router, extract::Request, routing::get};
+use tokio::sync::watch;
+
+use crate::{
+    app,
+    config::Config,
+    platform::{
+        admin::{self, AdminAuth, AdminState},
+        capabilities::{Services, clock::Clock, config::Config as ConfigCapability, documents::Documents, logging::Logging, mail::Mail},
+        deployments::{Deployer, Registry, TriggerSettings, VersionStore},
+        http::Problem,
+        kafka::{self, EventProducer},
+        runtime::{Limits, Runtime},
+        storage,
+    },
+};
+
+/// Starts everything `config` asks for and serves until `shutdown` resolves
+/// (or the HTTP server fails), then stops in order.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let database = storage::connect(&config.mongodb_uri, &config.mongodb_database, config.connect_timeout).await?;
+    let mail = Mail::new(&config.smtp_url, &config.mail_from)?;
+    let producer = EventProducer::new(&config.kafka_brokers, config.connect_timeout)?;
+    let services = Services {
+        documents: Documents { database: database.clone() },
+        mail,
+        config: ConfigCapability,
+        logging: Logging,
+        clock: Clock,
+    };
+    let limits = Limits::default();
+    let runtime = Runtime::new(services, limits)?;
+
+    // The application's topics; each function's are created when it starts.
+    kafka::ensure_topics(&config.kafka_brokers, &app::topics(), config.connect_timeout).await?;
+
+    let registry = Registry::new(TriggerSettings {
+        brokers: config.kafka_brokers.clone(),
+        producer: producer.clone(),
+        timeout: config.connect_timeout,
+        // Long enough for a call in progress to end within its own deadline.
+        stop_grace: limits.timeout + Duration::from_secs(10),
+    });
+    let deployer = Deployer::new(runtime, registry.clone(), VersionStore::new(&database), Arc::new(|var| std::env::var(var).ok()));
+
+    // Bound before any trigger starts, so that a taken port fails start-up
+    // with nothing running yet.
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("RUNNEL_HTTP_ADDR: cannot listen on {}", config.http_addr))?;
+
+    let started = async {
+        match &config.functions_dir {
+            Some(dir) => deployer.seed(dir).await?,
+            None => tracing::info!("RUNNEL_FUNCTIONS_DIR is not set: functions come from deploys only"),
+        }
+        deployer.sync().await
+    };
+    if let Err(e) = started.await {
+        registry.shutdown().await;
+        return Err(e);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sync = tokio::spawn(deployer.clone().sync_until(config.sync_interval, stop_rx.clone()));
+    let watcher = match &config.functions_dir {
+        Some(dir) => Some(
+            crate::platform::deployments::watch::watch_dir(deployer.clone(), dir.clone(), stop_rx.clone())
+                .with_context(|| format!("RUNNEL_FUNCTIONS_DIR: cannot watch '{}'", dir.display()))?,
+        ),
+        None => None,
+    };
+
+    let auth = match &config.admin_token {
+        Some(token) => AdminAuth::Token(Arc::from(token.as_str())),
+        None => {
+            tracing::warn!("RUNNEL_ADMIN_TOKEN is not set: the admin API answers loopback clients only");
+            AdminAuth::LoopbackOnly
+        }
+    };
+    let app = router(&config, database, producer, AdminState { deployer: deployer.clone(), auth: Arc::new(auth) });
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+
+    let mut http_stop = stop_rx.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|stop| *stop).await;
+        });
+    let mut server = tokio::spawn(async move { server.await });
+
+    let result = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        // The server ends only on a failure: the host must not go on without
+        // its API (a supervisor restarts it).
+        ended = &mut server => {
+            let reason = match ended {
+                Ok(Ok(())) => "it stopped".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!("the HTTP server failed: {reason}; shutting down");
+            Err(anyhow::anyhow!("the HTTP server failed: {reason}"))
+        }
+    };
+    let _ = stop_tx.send(true);
+    let drained = async {
+        let _ = sync.await;
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
+        registry.shutdown().await;
+        if !server.is_finished() {
+            let _ = server.await;
+        }
+    };
+    let grace = limits.timeout + Duration::from_secs(15);
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!("shutdown took longer than {grace:?}; exiting anyway");
+    }
+    result
+}
+
+/// The application's routes, the admin API, and the OpenAPI document of both.
+fn router(config: &Config, database: mongodb::Database, producer: EventProducer, admin: AdminState) -> Router {
+    let (app_router, mut doc) = app::api::router(app::api::AppState { database, producer }, config.max_body_bytes);
+    let (admin_router, admin_doc) = admin::router(admin, config.max_component_bytes);
+    doc.merge(admin_doc);
+    // `/openapi.json` describes itself too.
+    let mut own = crate::platform::http::openapi::Api::<()>::default();
+    own = own.describe(
+        "/openapi.json",
+        vec![crate::platform::http::openapi::Op::new(utoipa::openapi::HttpMethod::Get, "openapi", "This document", "meta").json(
+            200,
+            "The OpenAPI 3 document",
+            utoipa::openapi::ObjectBuilder::new().build(),
+        )],
+    );
+    doc.merge(own.finish().1);
+    let doc = Arc::new(doc);
+    app_router
+        .merge(admin_router)
+        .route("/openapi.json", get(move || {
+            let doc = doc.clone();
+            async move { Json(doc.as_ref().clone()) }
+        }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found(request: Request) -> Problem {
+    Problem::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> Problem {
+    Problem::method_not_allowed(format!("{} is not allowed on {}", request.method(), request.uri().path()))
+}
