@@ -243,10 +243,13 @@ async fn bad_configuration_names_the_setting() {
     let functions = servers.functions_dir.display().to_string();
     let dead_port = format!("127.0.0.1:{}", support::free_port());
     let bad_dir = tempdir("bad-wasm");
-    std::fs::copy(servers.functions_dir.join("store-alert-to-email.toml"), bad_dir.join("f.toml")).unwrap();
+    let as_f = std::fs::read_to_string(servers.functions_dir.join("store-alert-to-email.toml"))
+        .unwrap()
+        .replace("name = \"store-alert-to-email\"", "name = \"f\"");
+    std::fs::write(bad_dir.join("f.toml"), &as_f).unwrap();
     std::fs::write(bad_dir.join("f.wasm"), b"definitely not wasm").unwrap();
     let core_dir = tempdir("core-module");
-    std::fs::copy(servers.functions_dir.join("store-alert-to-email.toml"), core_dir.join("f.toml")).unwrap();
+    std::fs::write(core_dir.join("f.toml"), &as_f).unwrap();
     // The smallest core module: magic and version 1.
     std::fs::write(core_dir.join("f.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let manifest_dir = tempdir("bad-manifest");

@@ -188,3 +188,33 @@ runnel_build_fixtures() {
     build_component "$(basename "$dir")" "$out/$(basename "$dir").wasm"
   done
 }
+
+# Hot reload for development: every 0.3 s, looks for sources in functions/*/
+# newer than that crate's last build; rebuilds a changed crate and moves its
+# component and manifest into $1 (atomically, by rename), where the host's
+# watcher on RUNNEL_FUNCTIONS_DIR deploys it. A build error is printed and the
+# running version stays. Runs until killed.
+runnel_watch_sources() {
+  local out=$1 stamps="$RUNNEL_RUN_DIR/stamps" dir name stamp wasm
+  mkdir -p "$stamps"
+  for dir in "$RUNNEL_ROOT"/functions/*/; do touch "$stamps/$(basename "$dir")"; done
+  while sleep 0.3; do
+    for dir in "$RUNNEL_ROOT"/functions/*/; do
+      name=$(basename "$dir")
+      stamp="$stamps/$name"
+      [[ -e $stamp ]] || touch -d @0 "$stamp" # a crate new since the start: build it
+      [[ -n $(find "$dir" -newer "$stamp" -type f \( -name '*.rs' -o -name '*.toml' \) -print -quit 2>/dev/null) ]] || continue
+      touch "$stamp"
+      log "$name changed: rebuilding"
+      if cargo build --quiet --manifest-path "$RUNNEL_ROOT/Cargo.toml" -p "$name" \
+        --target wasm32-wasip2 --profile wasm >&2; then
+        wasm="$RUNNEL_TARGET/wasm32-wasip2/wasm/${name//-/_}.wasm"
+        cp "$wasm" "$out/.$name.wasm.part" && mv -f "$out/.$name.wasm.part" "$out/$name.wasm"
+        cp "$dir/runnel.toml" "$out/.$name.toml.part" && mv -f "$out/.$name.toml.part" "$out/$name.toml"
+        log "$name rebuilt; the host deploys it"
+      else
+        log "$name: the build failed; the running version stays"
+      fi
+    done
+  done
+}

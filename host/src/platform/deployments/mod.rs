@@ -24,7 +24,6 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::sync::watch;
 
 pub use manifest::{Manifest, ManifestError};
 pub use registry::{Activation, FunctionStatus, Registry, TriggerSettings};
@@ -287,7 +286,7 @@ impl Deployer {
     }
 
     /// Syncs every `interval` until `stop` turns true.
-    pub async fn sync_until(self, interval: Duration, mut stop: watch::Receiver<bool>) {
+    pub async fn sync_until(self, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut failing = false;
         loop {
             match self.sync().await {
@@ -354,8 +353,11 @@ impl Deployer {
     /// that cannot be used fails the whole seed, naming the file and why.
     pub async fn seed(&self, dir: &Path) -> anyhow::Result<()> {
         for entry in dir_entries(dir)? {
-            let (text, bytes) = read_entry(&entry)?;
             let file = entry.manifest.display().to_string();
+            // The manifest first: its errors matter even without a component.
+            let text = std::fs::read_to_string(&entry.manifest).with_context(|| format!("'{file}': cannot read the manifest"))?;
+            Manifest::parse(&text).map_err(|e| anyhow::anyhow!("cannot deploy '{file}': manifest: {e}"))?;
+            let (text, bytes) = read_entry(&entry)?;
             self.deploy(Some(&entry.name), &text, &bytes, "seed", true).await.map_err(|e| {
                 let at = match &e {
                     DeployError::Component(_) => entry.component.display().to_string(),
