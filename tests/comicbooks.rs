@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Host, Servers, eventually};
+use support::{percentile, Host, Servers, eventually};
 
 fn env(servers: &Servers) -> Vec<(&'static str, String)> {
     vec![
@@ -33,10 +33,6 @@ async fn comic_when(host: &Host, path: &str, limit: Duration, check: impl Fn(&Va
     .await
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_update_reaches_every_embedding_and_nothing_else() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use support::{Host, Servers, documents, eventually, fixture, recorder_manifest};
+use support::{percentile, Host, Servers, documents, eventually, fixture, recorder_manifest};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
@@ -34,10 +34,6 @@ async fn label_of(servers: &Servers, database: &str, collection: &str, key: &str
     .await
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_refuse_rollback_undeploy_over_http() {

@@ -14,14 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Host, Servers, documents, eventually, fixture, recorder_manifest};
+use support::{percentile, Host, Servers, documents, eventually, fixture, recorder_manifest};
 
 const RELOADS: usize = 20;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 /// The labels of the documents recorded so far.
 async fn labels(servers: &Servers, database: &str) -> BTreeMap<String, usize> {

@@ -9,9 +9,7 @@ use std::{
 };
 
 use runnel::platform::{
-    capabilities::{
-        Grants, ManifestGrants, Services, clock::Clock, config::Config, documents::Documents, logging::Logging, mail::Mail,
-    },
+    capabilities::{Grants, ManifestGrants, Services, mail::Mail},
     runtime::{HandlerError, Limits, Message, Outcome, Runtime},
 };
 
@@ -33,8 +31,7 @@ async fn runtime(limits: Limits) -> Runtime {
     .await
     .unwrap();
     let mail = Mail::new(&env("RUNNEL_SMTP_URL"), "probe@example.com").unwrap();
-    let services = Services { documents: Documents { database }, mail, config: Config, logging: Logging, clock: Clock };
-    Runtime::new(services, limits).unwrap()
+    Runtime::new(Services::new(database, mail), limits).unwrap()
 }
 
 fn message(payload: &str) -> Message {

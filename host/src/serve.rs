@@ -12,7 +12,7 @@ use crate::{
     config::Config,
     platform::{
         admin::{self, AdminAuth, AdminState},
-        capabilities::{Services, clock::Clock, config::Config as ConfigCapability, documents::Documents, logging::Logging, mail::Mail},
+        capabilities::{Services, mail::Mail},
         deployments::{Deployer, Registry, TriggerSettings, VersionStore},
         http::Problem,
         kafka::{self, EventProducer},
@@ -27,13 +27,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let database = storage::connect(&config.mongodb_uri, &config.mongodb_database, config.connect_timeout).await?;
     let mail = Mail::new(&config.smtp_url, &config.mail_from)?;
     let producer = EventProducer::new(&config.kafka_brokers, config.connect_timeout)?;
-    let services = Services {
-        documents: Documents { database: database.clone() },
-        mail,
-        config: ConfigCapability,
-        logging: Logging,
-        clock: Clock,
-    };
+    let services = Services::new(database.clone(), mail);
     let limits = Limits::default();
     let runtime = Runtime::new(services, limits)?;
 

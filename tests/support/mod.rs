@@ -287,3 +287,9 @@ pub async fn documents(mongodb_uri: &str, database: &str, collection: &str) -> V
         client.database(database).collection(collection).find(mongodb::bson::doc! {}).await.unwrap().try_collect().await.unwrap();
     docs.into_iter().map(|d| mongodb::bson::Bson::Document(d).into_relaxed_extjson()).collect()
 }
+
+/// The `p`-th percentile (nearest rank) of `sorted`.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}

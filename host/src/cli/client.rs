@@ -49,10 +49,10 @@ fn locate(path: &Path, component: Option<&Path>, build: bool) -> anyhow::Result<
         return Ok((manifest, component.to_path_buf()));
     }
     let beside = manifest.with_extension("wasm");
-    if crate_dir.is_none() || (beside.is_file() && !build) {
-        return Ok((manifest, beside));
-    }
-    let crate_dir = crate_dir.expect("checked above");
+    let crate_dir = match crate_dir {
+        Some(dir) if build || !beside.is_file() => dir,
+        _ => return Ok((manifest, beside)),
+    };
     let cargo_toml: toml::Table = toml::from_str(&std::fs::read_to_string(crate_dir.join("Cargo.toml"))?)
         .with_context(|| format!("'{}'", crate_dir.join("Cargo.toml").display()))?;
     let package = cargo_toml
@@ -120,7 +120,7 @@ pub async fn functions(host: &HostArgs, json: bool) -> anyhow::Result<ExitCode> 
             [
                 f["name"].as_str().unwrap_or("?").to_string(),
                 f["state"].as_str().unwrap_or("?").to_string(),
-                f["activeVersion"].as_str().map(|v| v[..v.len().min(12)].to_string()).unwrap_or("-".into()),
+                f["activeVersion"].as_str().map(|v| v.chars().take(12).collect()).unwrap_or("-".into()),
                 running["topic"].as_str().unwrap_or("-").to_string(),
                 running["group"].as_str().unwrap_or("-").to_string(),
                 count("handled"),

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context;
 
 use crate::platform::{
-    capabilities::{Services, clock::Clock, config::Config as ConfigCapability, documents::Documents, logging::Logging, mail::Mail},
+    capabilities::{Services, mail::Mail},
     deployments::Manifest,
     runtime::{Header, Invocation, Limits, Message, Outcome, Runtime},
 };
@@ -45,13 +45,7 @@ pub(crate) async fn services() -> anyhow::Result<Services> {
     let client = mongodb::Client::with_uri_str(&config.mongodb_uri)
         .await
         .with_context(|| format!("RUNNEL_MONGODB_URI: cannot use '{}'", config.mongodb_uri))?;
-    Ok(Services {
-        documents: Documents { database: client.database(&config.mongodb_database) },
-        mail: Mail::new(&config.smtp_url, &config.mail_from)?,
-        config: ConfigCapability,
-        logging: Logging,
-        clock: Clock,
-    })
+    Ok(Services::new(client.database(&config.mongodb_database), Mail::new(&config.smtp_url, &config.mail_from)?))
 }
 
 /// Runs `message` through the component at `component` with `manifest_text`.

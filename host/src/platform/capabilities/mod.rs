@@ -117,6 +117,14 @@ capabilities! {
     clock: clock::Clock,
 }
 
+impl Services {
+    /// The host's services: the database behind `documents`, the relay
+    /// behind `mail`; the other capabilities need none.
+    pub fn new(database: mongodb::Database, mail: mail::Mail) -> Self {
+        Services { documents: documents::Documents { database }, mail, config: config::Config, logging: logging::Logging, clock: clock::Clock }
+    }
+}
+
 /// The manifest section of a capability every function has and that takes
 /// no settings: present or not, it grants the same.
 #[derive(Debug, Clone, Default, serde::Deserialize)]

@@ -126,7 +126,7 @@ impl Manifest {
     /// Parses and checks a manifest's text.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         toml::from_str(text).map_err(|e| ManifestError {
-            line: e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+            line: e.span().map(|span| text.get(..span.start).unwrap_or(text).matches('\n').count() + 1),
             message: e.message().trim().to_string(),
         })
     }

@@ -60,6 +60,11 @@ pub enum DeployError {
     Unavailable(anyhow::Error),
 }
 
+/// The database did not answer: nothing was changed.
+fn unavailable(e: mongodb::error::Error) -> DeployError {
+    DeployError::Unavailable(anyhow::Error::new(e).context("database"))
+}
+
 /// The result of a deploy, rollback or undeploy.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -150,7 +155,6 @@ impl Deployer {
         let store = &self.inner.store;
         let name = deployment.manifest.name.clone();
         let version = deployment.version.clone();
-        let unavailable = |e: mongodb::error::Error| DeployError::Unavailable(anyhow::Error::new(e).context("database"));
         if only_if_new && store.version(&version).await.map_err(unavailable)?.is_some() {
             let function = store.function(&name).await.map_err(unavailable)?;
             return Ok(Deployed {
@@ -179,7 +183,6 @@ impl Deployer {
     /// before the current one.
     pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<Deployed, DeployError> {
         let store = &self.inner.store;
-        let unavailable = |e: mongodb::error::Error| DeployError::Unavailable(anyhow::Error::new(e).context("database"));
         let function = store.function(name).await.map_err(unavailable)?.ok_or_else(|| DeployError::UnknownFunction(name.into()))?;
         let target = match to {
             Some(v) => v.to_string(),
@@ -206,7 +209,6 @@ impl Deployer {
     pub async fn undeploy(&self, name: &str) -> Result<Deployed, DeployError> {
         let _changes = self.inner.changes.lock().await;
         let store = &self.inner.store;
-        let unavailable = |e: mongodb::error::Error| DeployError::Unavailable(anyhow::Error::new(e).context("database"));
         match store.function(name).await.map_err(unavailable)? {
             Some(f) if f.active.is_some() => {}
             _ => return Err(DeployError::UnknownFunction(name.into())),
@@ -232,8 +234,19 @@ impl Deployer {
                 (None, None)
             }
         };
-        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), (revision, error));
+        self.record_applied(name, revision, error);
         activation
+    }
+
+    /// Remembers that this host applied `revision` of `name` (and why it
+    /// could not run it, if so).
+    fn record_applied(&self, name: &str, revision: i64, error: Option<String>) {
+        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), (revision, error));
+    }
+
+    /// The revision of `name` this host last applied.
+    fn applied_revision(&self, name: &str) -> Option<i64> {
+        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|a| a.0)
     }
 
     /// The error that keeps this host from running `name`'s active version.
@@ -244,23 +257,21 @@ impl Deployer {
     /// Brings this host in step with the database: starts, swaps or stops
     /// every function whose revision changed since this host last applied it.
     pub async fn sync(&self) -> anyhow::Result<()> {
-        let functions = self.inner.store.functions().await.context("cannot read the deployments")?;
-        for function in functions {
-            let applied = self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(&function.name).map(|a| a.0);
-            if applied.is_some_and(|r| r >= function.revision) {
+        let revisions = self.inner.store.revisions().await.context("cannot read the deployments")?;
+        for (name, revision) in revisions {
+            if self.applied_revision(&name).is_some_and(|r| r >= revision) {
                 continue;
             }
             let _changes = self.inner.changes.lock().await;
-            // Read again under the lock: a change made here meanwhile wins.
-            let Some(function) = self.inner.store.function(&function.name).await? else { continue };
-            let applied = self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(&function.name).map(|a| a.0);
-            if applied.is_some_and(|r| r >= function.revision) {
+            // Read under the lock: a change made here meanwhile wins.
+            let Some(function) = self.inner.store.function(&name).await? else { continue };
+            if self.applied_revision(&function.name).is_some_and(|r| r >= function.revision) {
                 continue;
             }
             let deployment = match &function.active {
                 None => None,
                 Some(version) if self.inner.registry.running_version(&function.name).as_deref() == Some(version) => {
-                    self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(function.name.clone(), (function.revision, None));
+                    self.record_applied(&function.name, function.revision, None);
                     continue;
                 }
                 Some(version) => match self.load(version).await {
@@ -268,7 +279,7 @@ impl Deployer {
                     Err(e) => {
                         let error = format!("cannot load version {version}: {e:#}");
                         tracing::error!(function = %function.name, "{error}");
-                        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(function.name.clone(), (function.revision, Some(error)));
+                        self.record_applied(&function.name, function.revision, Some(error));
                         continue;
                     }
                 },

@@ -20,6 +20,25 @@ pub enum FunctionState {
     Stopped,
 }
 
+impl FunctionState {
+    /// The state's name, as the admin API shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FunctionState::Starting => "starting",
+            FunctionState::Running => "running",
+            FunctionState::Failed { .. } => "failed",
+            FunctionState::Stopped => "stopped",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            FunctionState::Failed { reason } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
 /// Counts kept per function on this host (since the host started).
 #[derive(Debug, Default)]
 pub struct Counters {

@@ -170,6 +170,22 @@ impl VersionStore {
         self.functions.find_one(doc! { "_id": name }).await
     }
 
+    /// Every function's name and revision: what hosts poll.
+    pub async fn revisions(&self) -> mongodb::error::Result<Vec<(String, i64)>> {
+        let docs: Vec<Document> = self
+            .functions
+            .clone_with_type::<Document>()
+            .find(Document::new())
+            .projection(doc! { "revision": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d.get_i64("revision").ok()?)))
+            .collect())
+    }
+
     pub async fn functions(&self) -> mongodb::error::Result<Vec<FunctionDoc>> {
         self.functions.find(Document::new()).sort(doc! { "_id": 1 }).await?.try_collect().await
     }
