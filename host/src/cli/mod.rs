@@ -11,7 +11,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "runnel", version, about = "Stream functions on a WebAssembly host", propagate_version = true)]
+#[command(name = "runnel", version, about = "Stream functions on a WebAssembly host")]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -137,4 +137,14 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks of the whole command line.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -71,7 +71,10 @@ topic = "{topic}"
 "#;
 
 const LIB: &str = r#"//! `{name}`: a Runnel function.
-#![no_std]
+//!
+//! No standard library in the component: the host gives functions no WASI,
+//! which Rust's `std` would import. (Built natively, for the tests, it has one.)
+#![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
 

@@ -28,7 +28,7 @@ use utoipa::openapi::{
 };
 
 use super::{
-    deployments::{DeployError, Deployed, Deployer, FunctionDoc, HistoryEntry, registry::FunctionStatus},
+    deployments::{DeployError, Deployer, FunctionDoc, HistoryEntry, registry::FunctionStatus},
     http::{
         Problem,
         openapi::{Api, Op, schema_ref},
@@ -242,13 +242,7 @@ async fn view(state: &AdminState, function: FunctionDoc) -> Result<FunctionView,
     let (state, reason) = match (&function.active, &running, local_error) {
         (None, _, _) => ("undeployed".to_string(), None),
         (Some(_), _, Some(error)) => ("failed".to_string(), Some(error)),
-        (Some(_), Some(status), None) => {
-            let value = serde_json::to_value(&status.state).unwrap_or_default();
-            (
-                value["state"].as_str().unwrap_or("starting").to_string(),
-                value["reason"].as_str().map(String::from),
-            )
-        }
+        (Some(_), Some(status), None) => (status.state.name().to_string(), status.state.reason().map(String::from)),
         (Some(_), None, None) => ("starting".to_string(), None),
     };
     Ok(FunctionView {
@@ -359,16 +353,12 @@ async fn deploy_function(
         .await
         .map_err(|e| Problem::unavailable(format!("the deploy was interrupted: {e}")))?
         .map_err(deploy_problem)?;
-    respond(&state, deployed).await
-}
-
-async fn respond(state: &AdminState, deployed: Deployed) -> Result<Json<FunctionView>, Problem> {
-    read_view(state, &deployed.name).await
+    read_view(&state, &deployed.name).await
 }
 
 async fn undeploy(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Json<FunctionView>, Problem> {
     let deployed = state.deployer.undeploy(&name).await.map_err(deploy_problem)?;
-    respond(&state, deployed).await
+    read_view(&state, &deployed.name).await
 }
 
 async fn rollback_function(
@@ -385,5 +375,43 @@ async fn rollback_function(
         serde_json::from_value(value).map_err(|e| Problem::invalid_json(format!("expected {{\"version\": \"…\"}}: {e}")))?
     };
     let deployed = state.deployer.rollback(&name, request.version.as_deref()).await.map_err(deploy_problem)?;
-    respond(&state, deployed).await
+    read_view(&state, &deployed.name).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(addr: &str) -> Option<SocketAddr> {
+        Some(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_clients_are_let_in() {
+        let auth = AdminAuth::LoopbackOnly;
+        let none = HeaderMap::new();
+        assert!(auth.check(&none, peer("127.0.0.1:5000")).is_ok());
+        assert!(auth.check(&none, peer("[::1]:5000")).is_ok());
+        for outside in ["10.0.0.7:5000", "192.168.1.2:80", "[2001:db8::1]:443"] {
+            let refused = auth.check(&none, peer(outside)).unwrap_err();
+            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{outside}");
+        }
+        // No peer address known: refused, never assumed local.
+        assert_eq!(auth.check(&none, None).unwrap_err().status, StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn with_a_token_the_peer_does_not_matter_the_token_does() {
+        let auth = AdminAuth::Token(Arc::from("the-token-0123456789"));
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            h
+        };
+        assert!(auth.check(&with("Bearer the-token-0123456789"), peer("10.0.0.7:5000")).is_ok());
+        assert_eq!(auth.check(&HeaderMap::new(), peer("127.0.0.1:1")).unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(auth.check(&with("Bearer wrong"), peer("127.0.0.1:1")).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(auth.check(&with("Bearer the-token-012345678"), peer("127.0.0.1:1")).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(auth.check(&with("Basic eDp5"), peer("127.0.0.1:1")).unwrap_err().status, StatusCode::UNAUTHORIZED);
+    }
 }

@@ -156,7 +156,8 @@ impl Registry {
             deployment: deployment_rx,
             stop: stop_rx,
         };
-        let task = tokio::spawn(trigger.run());
+        let running = trigger.start().with_context(|| format!("cannot start the consumer of '{name}'"))?;
+        let task = tokio::spawn(running);
         let watched = status.clone();
         let supervisor = tokio::spawn(async move {
             let state = match task.await {
@@ -209,9 +210,6 @@ impl Registry {
         self.slots().get(name).map(snapshot)
     }
 
-    pub fn statuses(&self) -> Vec<FunctionStatus> {
-        self.slots().values().map(snapshot).collect()
-    }
 }
 
 fn snapshot(slot: &Slot) -> FunctionStatus {

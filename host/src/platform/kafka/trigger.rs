@@ -81,18 +81,17 @@ impl ConsumerContext for TriggerContext {
 type TriggerConsumer = StreamConsumer<TriggerContext>;
 
 impl Trigger {
-    /// Consumes until told to stop, or the function gives up; returns the
-    /// state it ended in.
-    pub async fn run(mut self) -> FunctionState {
-        let name = self.status.name().to_string();
-        let consumer = match self.consumer() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(function = %name, "cannot start its consumer: {e:#}");
-                return FunctionState::Failed { reason: format!("cannot start its consumer: {e:#}") };
-            }
-        };
+    /// Creates the consumer and joins the group; the returned future
+    /// consumes until told to stop, or the function gives up, and returns
+    /// the state it ended in.
+    pub fn start(self) -> anyhow::Result<impl Future<Output = FunctionState> + Send + 'static> {
+        let consumer = self.consumer()?;
         self.status.set_state(FunctionState::Running);
+        Ok(self.run(consumer))
+    }
+
+    async fn run(mut self, consumer: TriggerConsumer) -> FunctionState {
+        let name = self.status.name().to_string();
         // Next offset to read, per partition, of what this trigger committed.
         let mut committed = std::collections::BTreeMap::<(String, i32), i64>::new();
         let state = loop {
