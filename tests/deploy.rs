@@ -154,7 +154,7 @@ async fn the_admin_api_needs_the_token_when_one_is_set() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let form = reqwest::multipart::Form::new().text("manifest", "x").text("component", "y");
     let r = host.client.put(host.url("/admin/functions/x")).multipart(form).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "a deploy is refused before its body is read");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "a deploy without the token is refused");
     let r = host.client.get(&url).bearer_auth(token).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // The application's routes are not behind the admin token.
@@ -217,4 +217,32 @@ async fn a_deploy_on_one_host_is_served_by_every_host() {
     produce(&servers.kafka_brokers, &topic, "after-b").await;
     assert_eq!(label_of(&servers, &database, collection, "after-b").await, "L9");
     drop(c);
+}
+
+/// A function that gave up runs again when a new version is deployed, and
+/// the record it gave up on is the first the new version handles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_gave_up_runs_again_on_a_new_version() {
+    let servers = Servers::from_env();
+    let host = Host::start(&servers, &[]).await;
+    let (name, topic, group) = (unique("giveup"), unique("topic"), unique("group"));
+    let recorder = fixture("recorder");
+    let good = recorder_manifest(&name, &topic, &group, "records", "fixed");
+    // Without its `collection` setting the recorder gives up.
+    let broken = good.replace("[capabilities.config.collection]\nvalue = 'records'\n", "");
+    assert_ne!(broken, good);
+    let (status, deployed) = host.deploy(&name, &broken, &recorder).await;
+    assert_eq!(status, StatusCode::OK, "{deployed}");
+    produce(&servers.kafka_brokers, &topic, "first").await;
+    let failed = eventually(Duration::from_secs(30), "the function failed", || async {
+        let f = host.get_json(&format!("/admin/functions/{name}")).await;
+        (f["state"] == "failed").then_some(f)
+    })
+    .await;
+    assert!(failed["reason"].as_str().unwrap().contains("no collection"), "{failed}");
+
+    let (status, fixed) = host.deploy(&name, &good, &recorder).await;
+    assert_eq!(status, StatusCode::OK, "{fixed}");
+    assert_eq!(fixed["state"], "running", "{fixed}");
+    assert_eq!(label_of(&servers, &host.database, "records", "first").await, "fixed");
 }

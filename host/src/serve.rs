@@ -62,14 +62,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sync = tokio::spawn(deployer.clone().sync_until(config.sync_interval, stop_rx.clone()));
     let watcher = match &config.functions_dir {
-        Some(dir) => Some(
-            crate::platform::deployments::watch::watch_dir(deployer.clone(), dir.clone(), stop_rx.clone())
-                .with_context(|| format!("RUNNEL_FUNCTIONS_DIR: cannot watch '{}'", dir.display()))?,
-        ),
+        Some(dir) => match crate::platform::deployments::watch::watch_dir(deployer.clone(), dir.clone(), stop_rx.clone()) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                registry.shutdown().await;
+                return Err(e.context(format!("RUNNEL_FUNCTIONS_DIR: cannot watch '{}'", dir.display())));
+            }
+        },
         None => None,
     };
+    let sync = tokio::spawn(deployer.clone().sync_until(config.sync_interval, stop_rx.clone()));
 
     let auth = match &config.admin_token {
         Some(token) => AdminAuth::Token(Arc::from(token.as_str())),
@@ -106,17 +109,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     };
     let _ = stop_tx.send(true);
+    // In order: no new requests (those in flight finish), no more syncs or
+    // reloads, then the triggers (a deploy still running is refused by the
+    // closed registry rather than starting a consumer nobody stops).
     let drained = async {
+        if !server.is_finished() {
+            let _ = server.await;
+        }
         let _ = sync.await;
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
         registry.shutdown().await;
-        if !server.is_finished() {
-            let _ = server.await;
-        }
     };
-    let grace = limits.timeout + Duration::from_secs(15);
+    // A sync waiting for a trigger to stop, then every trigger stopping.
+    let grace = (limits.timeout + Duration::from_secs(10)) * 2 + Duration::from_secs(10);
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("shutdown took longer than {grace:?}; exiting anyway");
     }

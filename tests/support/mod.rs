@@ -121,8 +121,9 @@ impl Host {
             if let Ok(r) = request.send().await
                 && r.status().is_success()
             {
-                let functions: Vec<serde_json::Value> = r.json().await.unwrap_or_default();
-                if functions.iter().all(|f| f["state"] == "running" || f["state"] == "undeployed") {
+                if let Ok(functions) = r.json::<Vec<serde_json::Value>>().await
+                    && functions.iter().all(|f| f["state"] == "running" || f["state"] == "undeployed")
+                {
                     return;
                 }
             }

@@ -87,10 +87,11 @@ pub async fn deploy(host: &HostArgs, path: &Path, component: Option<&Path>, buil
     let manifest = std::fs::read_to_string(&manifest_path).with_context(|| format!("'{}'", manifest_path.display()))?;
     let bytes = std::fs::read(&component_path)
         .with_context(|| format!("'{}' (build the function first, or pass --build)", component_path.display()))?;
-    let name = toml::from_str::<toml::Table>(&manifest)
-        .ok()
-        .and_then(|t| t.get("name").and_then(|n| n.as_str()).map(String::from))
-        .with_context(|| format!("'{}' has no `name`", manifest_path.display()))?;
+    // Checked here too, so that a mistake is named with its line before
+    // anything is sent.
+    let name = crate::platform::deployments::Manifest::parse(&manifest)
+        .map_err(|e| anyhow::anyhow!("'{}': {e}", manifest_path.display()))?
+        .name;
     let form = Form::new()
         .part("manifest", Part::text(manifest).file_name("runnel.toml").mime_str("application/toml")?)
         .part("component", Part::bytes(bytes).file_name(format!("{name}.wasm")).mime_str("application/wasm")?);

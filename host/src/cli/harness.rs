@@ -4,11 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::platform::runtime::{Invocation, Message};
+use crate::platform::runtime::{Function, Invocation, Message};
 
 pub struct Harness {
-    component: Vec<u8>,
-    manifest: String,
+    function: Function,
     topic: String,
 }
 
@@ -26,7 +25,8 @@ fn target_dir(crate_dir: &Path) -> PathBuf {
 
 impl Harness {
     /// Loads the crate `name` of the test being run (its `runnel.toml`, and
-    /// its component built with `--target wasm32-wasip2 --profile wasm`).
+    /// its component built with `--target wasm32-wasip2 --profile wasm`)
+    /// once, with the services of the environment (connected lazily).
     /// Panics with what to do when the component is not built.
     pub async fn load(name: &str) -> Harness {
         let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run under cargo test"));
@@ -35,8 +35,9 @@ impl Harness {
         let component = std::fs::read(&wasm).unwrap_or_else(|e| {
             panic!("{}: {e}; build it first: cargo build -p {name} --target wasm32-wasip2 --profile wasm", wasm.display())
         });
-        let topic = crate::platform::deployments::Manifest::parse(&manifest).expect("a valid runnel.toml").trigger.kafka.topic;
-        Harness { component, manifest, topic }
+        let services = super::invoke::services().await.expect("services from the environment");
+        let (function, topic) = super::invoke::load(&component, &manifest, services).await.expect("the function loads");
+        Harness { function, topic }
     }
 
     /// Runs a record with `payload` (offset 0, no key, no headers).
@@ -54,7 +55,6 @@ impl Harness {
     }
 
     pub async fn invoke_message(&self, message: &Message) -> Invocation {
-        let services = super::invoke::services().await.expect("services from the environment");
-        super::invoke::invoke(&self.component, &self.manifest, message, services).await.expect("the function loads")
+        self.function.invoke(message).await
     }
 }

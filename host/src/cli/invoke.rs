@@ -1,13 +1,13 @@
 //! `runnel invoke`: one message through a function, no Kafka.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 
 use crate::platform::{
     capabilities::{Services, mail::Mail},
     deployments::Manifest,
-    runtime::{Header, Invocation, Limits, Message, Outcome, Runtime},
+    runtime::{Function, Header, Limits, Message, Outcome, Runtime},
 };
 
 #[derive(Debug, clap::Args)]
@@ -48,14 +48,15 @@ pub(crate) async fn services() -> anyhow::Result<Services> {
     Ok(Services::new(client.database(&config.mongodb_database), Mail::new(&config.smtp_url, &config.mail_from)?))
 }
 
-/// Runs `message` through the component at `component` with `manifest_text`.
-pub async fn invoke(component: &[u8], manifest_text: &str, message: &Message, services: Services) -> anyhow::Result<Invocation> {
+/// Compiles the component with the grants of `manifest_text` resolved
+/// against the environment; returns the function and its topic.
+pub async fn load(component: &[u8], manifest_text: &str, services: Services) -> anyhow::Result<(Function, String)> {
     let manifest = Manifest::parse(manifest_text).map_err(|e| anyhow::anyhow!("manifest: {e}"))?;
     let runtime = Runtime::new(services, Limits::default())?;
     let env = |var: &str| std::env::var(var).ok();
     let grants = runtime.services().resolve(&manifest.name, &manifest.capabilities, &env).context("manifest")?;
     let function = runtime.load(&manifest.name, component, grants).await.context("component")?;
-    Ok(function.invoke(message).await)
+    Ok((function, manifest.trigger.kafka.topic))
 }
 
 pub async fn run(args: InvokeArgs) -> anyhow::Result<ExitCode> {
@@ -72,14 +73,12 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         }
         Some(p) => std::fs::read(p).with_context(|| format!("'{}'", p.display()))?,
     };
-    let topic = match args.topic {
-        Some(t) => t,
-        None => Manifest::parse(&manifest_text)
-            .map(|m| m.trigger.kafka.topic)
-            .map_err(|e| anyhow::anyhow!("'{}': {e}", args.manifest.display()))?,
-    };
+    let services = services().await?;
+    let (function, manifest_topic) = load(&component, &manifest_text, services)
+        .await
+        .with_context(|| format!("'{}'", args.manifest.display()))?;
     let message = Message {
-        topic,
+        topic: args.topic.unwrap_or(manifest_topic),
         partition: 0,
         offset: 0,
         key: args.key.map(String::into_bytes),
@@ -87,10 +86,7 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         headers: args.headers.into_iter().map(|(key, value)| Header { key, value: value.into_bytes() }).collect(),
         timestamp_ms: Some(chrono::Utc::now().timestamp_millis()),
     };
-    let services = services().await?;
-    let invocation = tokio::time::timeout(Duration::from_secs(120), invoke(&component, &manifest_text, &message, services))
-        .await
-        .context("the call did not end within 120 s")??;
+    let invocation = function.invoke(&message).await;
     for line in &invocation.logs {
         eprintln!("[{}] {}", line.level, line.message);
     }

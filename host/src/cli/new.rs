@@ -11,7 +11,9 @@ pub struct NewArgs {
     /// The topic that triggers it (default: the name).
     #[arg(long)]
     pub topic: Option<String>,
-    /// Where to create it.
+    /// Where to create it: the `functions/` folder of a Runnel workspace
+    /// (the crate uses the workspace's runnel-guest and, for its test, the
+    /// host crate at `../../host`).
     #[arg(long, default_value = "functions")]
     pub dir: PathBuf,
 }

@@ -168,7 +168,7 @@ pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi
         .problem(400, "Not multipart/form-data, or a part missing or unknown (`field` names it)")
         .problem(413, "The body is larger than RUNNEL_MAX_COMPONENT_BYTES")
         .problem(422, "The manifest or the component cannot be used (`field` says which; the detail says why, with the manifest line)")
-        .problem(503, "The database or the broker did not answer; nothing was activated");
+        .problem(503, "The database did not answer; nothing was changed. (A version kept but not yet running here, e.g. while the broker is down, is answered 200 with state `failed` and the reason; every host keeps trying to start it.)");
     deploy.operation = deploy.operation.request_body(Some(
         RequestBodyBuilder::new()
             .required(Some(Required::True))

@@ -67,13 +67,41 @@ struct RuntimeInner {
     ticker: JoinHandle<()>,
     /// Compiled components by the SHA-256 of their bytes: a version that
     /// differs only in its manifest, or one deployed again, is not compiled
-    /// again.
-    compiled: Mutex<HashMap<String, Component>>,
+    /// again. Bounded: the oldest go first (a function using one keeps it
+    /// alive through its own handle).
+    compiled: Mutex<ComponentCache>,
 }
 
 impl Drop for RuntimeInner {
     fn drop(&mut self) {
         self.ticker.abort();
+    }
+}
+
+/// How many compiled components the cache keeps.
+const COMPILED_KEPT: usize = 32;
+
+#[derive(Default)]
+struct ComponentCache {
+    components: HashMap<String, Component>,
+    /// Digests, oldest first.
+    order: std::collections::VecDeque<String>,
+}
+
+impl ComponentCache {
+    fn get(&self, digest: &str) -> Option<Component> {
+        self.components.get(digest).cloned()
+    }
+
+    fn insert(&mut self, digest: String, component: Component) {
+        if self.components.insert(digest.clone(), component).is_none() {
+            self.order.push_back(digest);
+        }
+        while self.order.len() > COMPILED_KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.components.remove(&oldest);
+            }
+        }
     }
 }
 
@@ -167,7 +195,7 @@ impl Runtime {
     pub async fn load(&self, name: &str, bytes: &[u8], grants: Grants) -> anyhow::Result<Function> {
         check_header(bytes)?;
         let digest = sha256_hex(&[bytes]);
-        let cached = self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned();
+        let cached = self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&digest);
         let component = match cached {
             Some(component) => component,
             None => {

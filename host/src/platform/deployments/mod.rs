@@ -76,6 +76,16 @@ pub struct Deployed {
     pub activation: Option<Activation>,
 }
 
+/// What this host made of a function's revision.
+struct Applied {
+    revision: i64,
+    /// Why it does not run here.
+    error: Option<String>,
+    /// The error may pass (the database or the broker did not answer): the
+    /// next sync tries the revision again.
+    retry: bool,
+}
+
 /// Deploys, rolls back and undeploys, keeps this host in step with the
 /// database. Cheap to clone.
 #[derive(Clone)]
@@ -92,7 +102,7 @@ struct DeployerInner {
     env: Env,
     /// Per function, the revision this host last applied, and the error if
     /// it could not run it.
-    applied: Mutex<HashMap<String, (i64, Option<String>)>>,
+    applied: Mutex<HashMap<String, Applied>>,
     /// Serializes changes made on this host.
     changes: tokio::sync::Mutex<()>,
 }
@@ -150,22 +160,30 @@ impl Deployer {
         action: &str,
         only_if_new: bool,
     ) -> Result<Deployed, DeployError> {
-        let deployment = self.prepare(name, manifest_text, component).await?;
-        let _changes = self.inner.changes.lock().await;
         let store = &self.inner.store;
-        let name = deployment.manifest.name.clone();
-        let version = deployment.version.clone();
-        if only_if_new && store.version(&version).await.map_err(unavailable)?.is_some() {
-            let function = store.function(&name).await.map_err(unavailable)?;
+        if only_if_new
+            && let Some(known) = store.version(&version_id(manifest_text, component)).await.map_err(unavailable)?
+        {
+            // Checked when it was first deployed; not compiled again.
+            if let Some(expected) = name
+                && known.function != expected
+            {
+                return Err(DeployError::NameMismatch { expected: expected.to_string(), found: known.function });
+            }
+            let function = store.head(&known.function).await.map_err(unavailable)?;
             return Ok(Deployed {
-                name,
+                name: known.function,
                 version: function.as_ref().and_then(|f| f.active.clone()),
                 revision: function.map_or(0, |f| f.revision),
                 activation: None,
             });
         }
+        let deployment = self.prepare(name, manifest_text, component).await?;
+        let _changes = self.inner.changes.lock().await;
+        let name = deployment.manifest.name.clone();
+        let version = deployment.version.clone();
         // Deploying the active version again changes nothing.
-        if let Some(current) = store.function(&name).await.map_err(unavailable)?
+        if let Some(current) = store.head(&name).await.map_err(unavailable)?
             && current.active.as_deref() == Some(version.as_str())
             && self.inner.registry.running_version(&name).as_deref() == Some(version.as_str())
         {
@@ -209,7 +227,7 @@ impl Deployer {
     pub async fn undeploy(&self, name: &str) -> Result<Deployed, DeployError> {
         let _changes = self.inner.changes.lock().await;
         let store = &self.inner.store;
-        match store.function(name).await.map_err(unavailable)? {
+        match store.head(name).await.map_err(unavailable)? {
             Some(f) if f.active.is_some() => {}
             _ => return Err(DeployError::UnknownFunction(name.into())),
         }
@@ -219,13 +237,14 @@ impl Deployer {
     }
 
     /// Runs `deployment` (None: nothing) for `name` here, recording the
-    /// revision applied and any error.
+    /// revision applied and any error. A trigger that cannot start (the
+    /// broker does not answer) is tried again by the next sync.
     async fn apply(&self, name: &str, revision: i64, deployment: Option<Deployment>) -> Option<Activation> {
         let (activation, error) = match deployment {
             Some(d) => match self.inner.registry.activate(d).await {
                 Ok(a) => (Some(a), None),
                 Err(e) => {
-                    tracing::error!(function = %name, "cannot run here: {e:#}");
+                    tracing::error!(function = %name, "cannot run here yet, will retry: {e:#}");
                     (None, Some(format!("{e:#}")))
                 }
             },
@@ -234,24 +253,29 @@ impl Deployer {
                 (None, None)
             }
         };
-        self.record_applied(name, revision, error);
+        let retry = error.is_some();
+        self.record_applied(name, revision, error, retry);
         activation
     }
 
-    /// Remembers that this host applied `revision` of `name` (and why it
-    /// could not run it, if so).
-    fn record_applied(&self, name: &str, revision: i64, error: Option<String>) {
-        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), (revision, error));
+    /// Remembers what this host made of `revision` of `name`.
+    fn record_applied(&self, name: &str, revision: i64, error: Option<String>, retry: bool) {
+        self.inner
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), Applied { revision, error, retry });
     }
 
-    /// The revision of `name` this host last applied.
+    /// The revision of `name` this host is done with (applied, or failed
+    /// for good), if any.
     fn applied_revision(&self, name: &str) -> Option<i64> {
-        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|a| a.0)
+        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(name).filter(|a| !a.retry).map(|a| a.revision)
     }
 
     /// The error that keeps this host from running `name`'s active version.
     pub fn local_error(&self, name: &str) -> Option<String> {
-        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(name).and_then(|(_, e)| e.clone())
+        self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(name).and_then(|a| a.error.clone())
     }
 
     /// Brings this host in step with the database: starts, swaps or stops
@@ -264,22 +288,23 @@ impl Deployer {
             }
             let _changes = self.inner.changes.lock().await;
             // Read under the lock: a change made here meanwhile wins.
-            let Some(function) = self.inner.store.function(&name).await? else { continue };
+            let Some(function) = self.inner.store.head(&name).await? else { continue };
             if self.applied_revision(&function.name).is_some_and(|r| r >= function.revision) {
                 continue;
             }
             let deployment = match &function.active {
                 None => None,
                 Some(version) if self.inner.registry.running_version(&function.name).as_deref() == Some(version) => {
-                    self.record_applied(&function.name, function.revision, None);
+                    self.record_applied(&function.name, function.revision, None, false);
                     continue;
                 }
                 Some(version) => match self.load(version).await {
                     Ok(d) => Some(d),
                     Err(e) => {
-                        let error = format!("cannot load version {version}: {e:#}");
+                        let error = format!("cannot load version {version}: {e}");
                         tracing::error!(function = %function.name, "{error}");
-                        self.record_applied(&function.name, function.revision, Some(error));
+                        let retry = matches!(e, DeployError::Unavailable(_));
+                        self.record_applied(&function.name, function.revision, Some(error), retry);
                         continue;
                     }
                 },
@@ -290,10 +315,11 @@ impl Deployer {
         Ok(())
     }
 
-    async fn load(&self, version: &str) -> anyhow::Result<Deployment> {
-        let doc = self.inner.store.version(version).await?.context("no such version")?;
-        let component = self.inner.store.component(&doc).await?;
-        Ok(self.prepare(Some(&doc.function), &doc.manifest, &component).await?)
+    async fn load(&self, version: &str) -> Result<Deployment, DeployError> {
+        let store = &self.inner.store;
+        let doc = store.version(version).await.map_err(unavailable)?.ok_or_else(|| DeployError::UnknownVersion(version.into()))?;
+        let component = store.component(&doc).await.map_err(unavailable)?;
+        self.prepare(Some(&doc.function), &doc.manifest, &component).await
     }
 
     /// Syncs every `interval` until `stop` turns true.
@@ -334,6 +360,16 @@ pub struct DirEntry {
     pub component: PathBuf,
 }
 
+impl DirEntry {
+    pub fn new(dir: &Path, name: &str) -> Self {
+        DirEntry {
+            name: name.to_string(),
+            manifest: dir.join(format!("{name}.toml")),
+            component: dir.join(format!("{name}.wasm")),
+        }
+    }
+}
+
 /// The deployments in `dir`, by name.
 pub fn dir_entries(dir: &Path) -> anyhow::Result<Vec<DirEntry>> {
     let mut entries: Vec<DirEntry> = std::fs::read_dir(dir)
@@ -341,10 +377,7 @@ pub fn dir_entries(dir: &Path) -> anyhow::Result<Vec<DirEntry>> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .filter_map(|p| {
-            let name = p.file_stem()?.to_str()?.to_string();
-            Some(DirEntry { component: p.with_extension("wasm"), manifest: p, name })
-        })
+        .filter_map(|p| Some(DirEntry::new(dir, p.file_stem()?.to_str()?)))
         .collect();
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(entries)
@@ -368,7 +401,8 @@ impl Deployer {
             // The manifest first: its errors matter even without a component.
             let text = std::fs::read_to_string(&entry.manifest).with_context(|| format!("'{file}': cannot read the manifest"))?;
             Manifest::parse(&text).map_err(|e| anyhow::anyhow!("cannot deploy '{file}': manifest: {e}"))?;
-            let (text, bytes) = read_entry(&entry)?;
+            let bytes = std::fs::read(&entry.component)
+                .with_context(|| format!("'{}': cannot read its component", entry.component.display()))?;
             self.deploy(Some(&entry.name), &text, &bytes, "seed", true).await.map_err(|e| {
                 let at = match &e {
                     DeployError::Component(_) => entry.component.display().to_string(),

@@ -89,13 +89,14 @@ pub struct Registry {
 struct Inner {
     settings: TriggerSettings,
     slots: Mutex<BTreeMap<String, Slot>>,
-    /// Serializes activations and stops (which wait for triggers).
-    ops: tokio::sync::Mutex<()>,
+    /// Serializes activations and stops (which wait for triggers); true
+    /// once the registry is shut down, when nothing starts any more.
+    ops: tokio::sync::Mutex<bool>,
 }
 
 impl Registry {
     pub fn new(settings: TriggerSettings) -> Self {
-        Registry { inner: Arc::new(Inner { settings, slots: Mutex::default(), ops: tokio::sync::Mutex::new(()) }) }
+        Registry { inner: Arc::new(Inner { settings, slots: Mutex::default(), ops: tokio::sync::Mutex::new(false) }) }
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
@@ -104,7 +105,10 @@ impl Registry {
 
     /// Makes `deployment` the running version of its function.
     pub async fn activate(&self, deployment: Deployment) -> anyhow::Result<Activation> {
-        let _ops = self.inner.ops.lock().await;
+        let closed = self.inner.ops.lock().await;
+        if *closed {
+            anyhow::bail!("the host is shutting down");
+        }
         let deployment = Arc::new(deployment);
         let name = deployment.manifest.name.clone();
         let key = (deployment.manifest.trigger.kafka.topic.as_str(), deployment.manifest.group());
@@ -144,7 +148,7 @@ impl Registry {
         ensure_topics(&settings.brokers, &[topic.clone(), dead_letter_topic(&topic)], settings.timeout)
             .await
             .with_context(|| format!("cannot create the topics of '{name}'"))?;
-        status.set_state(FunctionState::Starting);
+        let generation = status.begin();
         let (deployment_tx, deployment_rx) = watch::channel(deployment.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let trigger = Trigger {
@@ -169,7 +173,7 @@ impl Registry {
                 }
                 Err(_) => FunctionState::Stopped,
             };
-            watched.set_state(state);
+            watched.set_state_of(generation, state);
         });
         tracing::info!(function = %name, version = %deployment.version, "trigger started");
         self.slots().insert(name, Slot { current: deployment, deployment_tx, stop_tx, supervisor, status });
@@ -194,16 +198,18 @@ impl Registry {
         true
     }
 
-    /// Stops every trigger, all at once.
+    /// Stops every trigger, all at once; nothing starts afterwards.
     pub async fn shutdown(&self) {
-        let _ops = self.inner.ops.lock().await;
+        let mut closed = self.inner.ops.lock().await;
+        *closed = true;
         let slots = std::mem::take(&mut *self.slots());
         futures::future::join_all(slots.into_values().map(|slot| self.stop_slot(slot))).await;
     }
 
-    /// The version running here, if any.
+    /// The version running here, if any (a trigger that has ended, e.g.
+    /// because the function gave up, runs nothing).
     pub fn running_version(&self, name: &str) -> Option<String> {
-        self.slots().get(name).map(|s| s.current.version.clone())
+        self.slots().get(name).filter(|s| !s.supervisor.is_finished()).map(|s| s.current.version.clone())
     }
 
     pub fn status(&self, name: &str) -> Option<FunctionStatus> {

@@ -58,6 +58,9 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Status {
     name: String,
+    /// Which start of the trigger owns the state: a trigger that outlived
+    /// its stop cannot overwrite the state of the one that replaced it.
+    generation: AtomicU64,
     state: Mutex<FunctionState>,
     last_error: Mutex<Option<String>>,
     pub counters: Counters,
@@ -80,6 +83,7 @@ impl Status {
     pub fn new(name: &str) -> Self {
         Status {
             name: name.to_string(),
+            generation: AtomicU64::new(0),
             state: Mutex::new(FunctionState::Starting),
             last_error: Mutex::new(None),
             counters: Counters::default(),
@@ -92,6 +96,20 @@ impl Status {
 
     pub fn state(&self) -> FunctionState {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A new start of the trigger: from now on only it sets the state.
+    pub fn begin(&self) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.set_state(FunctionState::Starting);
+        generation
+    }
+
+    /// Sets the state if `generation` is still the current start.
+    pub fn set_state_of(&self, generation: u64, state: FunctionState) {
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.set_state(state);
+        }
     }
 
     pub fn set_state(&self, state: FunctionState) {

@@ -166,6 +166,11 @@ impl VersionStore {
             .ok_or_else(|| mongodb::error::Error::custom("the function document vanished"))
     }
 
+    /// A function's active version and revision, without its history.
+    pub async fn head(&self, name: &str) -> mongodb::error::Result<Option<FunctionDoc>> {
+        self.functions.find_one(doc! { "_id": name }).projection(doc! { "history": 0 }).await
+    }
+
     pub async fn function(&self, name: &str) -> mongodb::error::Result<Option<FunctionDoc>> {
         self.functions.find_one(doc! { "_id": name }).await
     }

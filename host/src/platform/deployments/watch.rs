@@ -56,7 +56,7 @@ pub fn watch_dir(deployer: Deployer, dir: PathBuf, mut stop: watch::Receiver<boo
 }
 
 async fn reload(deployer: &Deployer, dir: &Path, name: &str) {
-    let entry = DirEntry { name: name.to_string(), manifest: dir.join(format!("{name}.toml")), component: dir.join(format!("{name}.wasm")) };
+    let entry = DirEntry::new(dir, name);
     if !entry.manifest.exists() || !entry.component.exists() {
         return; // the other file is still to come
     }

@@ -15,7 +15,8 @@
 //! - retry later: run it again after a back-off (up to 30 s), as long as it
 //!   takes (on the newest version each time);
 //! - give up: stop this consumer without committing, so the record is the
-//!   first one seen once another version is deployed;
+//!   first one seen once another version is deployed (a version deployed
+//!   while that call ran gets the record at once instead);
 //! - trap or timeout: retry a few times, then dead-letter it and go on;
 //! - no instance can be made: stop, as for give up.
 //!
@@ -25,9 +26,11 @@
 use std::{sync::Arc, time::Duration};
 
 use rdkafka::{
-    ClientContext, Message as _, Offset, TopicPartitionList,
+    ClientContext, Message as _,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::KafkaError,
     message::{BorrowedMessage, Headers},
+    types::RDKafkaErrorCode,
 };
 use tokio::sync::watch;
 
@@ -92,8 +95,6 @@ impl Trigger {
 
     async fn run(mut self, consumer: TriggerConsumer) -> FunctionState {
         let name = self.status.name().to_string();
-        // Next offset to read, per partition, of what this trigger committed.
-        let mut committed = std::collections::BTreeMap::<(String, i32), i64>::new();
         let state = loop {
             let record = tokio::select! {
                 _ = self.stop.wait_for(|stop| *stop) => break FunctionState::Stopped,
@@ -110,15 +111,24 @@ impl Trigger {
             };
             match self.process(&record).await {
                 Step::Commit => {
-                    if let Err(e) = consumer.commit_message(&record, CommitMode::Async) {
+                    // Stored only once handled; librdkafka drops what is
+                    // stored for partitions taken away by a rebalance.
+                    let committed = consumer
+                        .store_offset_from_message(&record)
+                        .and_then(|()| consumer.commit_consumer_state(CommitMode::Async));
+                    if let Err(e) = committed {
                         tracing::warn!(function = %name, "commit failed (the record may be seen again): {e}");
                     }
-                    committed.insert((record.topic().to_string(), record.partition()), record.offset() + 1);
                 }
                 Step::Stop(state) => break state,
             }
         };
-        final_commit(&consumer, committed, &name);
+        // Make sure what was handled reached the broker, for the partitions
+        // this consumer still owns.
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(function = %name, "final commit failed (records may be seen again): {e}"),
+        }
         tracing::info!(function = %name, ?state, "trigger stopped");
         state
     }
@@ -127,6 +137,7 @@ impl Trigger {
         let consumer: TriggerConsumer = super::client_config(&self.brokers)
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("allow.auto.create.topics", "false")
             // Quick group joins and failure detection.
@@ -144,6 +155,12 @@ impl Trigger {
     /// The version to run now.
     fn current(&mut self) -> Arc<Deployment> {
         self.deployment.borrow_and_update().clone()
+    }
+
+    /// Whether another version was deployed while the last call ran: then
+    /// the record is run again on it rather than the trigger stopping.
+    fn swapped_meanwhile(&self) -> bool {
+        self.deployment.has_changed().unwrap_or(false)
     }
 
     /// Runs one record through the function until it may be committed.
@@ -169,15 +186,21 @@ impl Trigger {
                 Outcome::Declined(HandlerError::BadInput(reason)) => {
                     tracing::warn!(function = name, version, offset = message.offset, "bad input: {reason}");
                     self.status.set_last_error(format!("bad input at offset {}: {reason}", message.offset));
-                    return self.dead_letter_until_done(&message, &reason).await;
+                    return self.dead_letter_until_done(&message, &reason, &deployment.version).await;
                 }
                 Outcome::Declined(HandlerError::RetryLater(reason)) => reason,
                 Outcome::Declined(HandlerError::GiveUp(reason)) => {
                     tracing::error!(function = name, version, offset = message.offset, "gave up: {reason}");
+                    if self.swapped_meanwhile() {
+                        continue;
+                    }
                     return Step::Stop(FunctionState::Failed { reason: format!("gave up: {reason}") });
                 }
                 Outcome::NotStarted(e) => {
                     tracing::error!(function = name, version, "cannot start: {e:#}");
+                    if self.swapped_meanwhile() {
+                        continue;
+                    }
                     return Step::Stop(FunctionState::Failed { reason: format!("{e:#}") });
                 }
                 Outcome::Failed(error) => {
@@ -188,7 +211,7 @@ impl Trigger {
                     self.status.set_last_error(format!("failed at offset {}: {reason}", message.offset));
                     if failures >= MAX_FAILED_ATTEMPTS {
                         let reason = format!("failed {failures} times: {reason}");
-                        return self.dead_letter_until_done(&message, &reason).await;
+                        return self.dead_letter_until_done(&message, &reason, &deployment.version).await;
                     }
                     reason
                 }
@@ -205,10 +228,10 @@ impl Trigger {
 
     /// Dead-letters `message`, retrying with back-off until it is done
     /// (then the record may be committed) or the trigger is stopped.
-    async fn dead_letter_until_done(&mut self, message: &Message, reason: &str) -> Step {
+    async fn dead_letter_until_done(&mut self, message: &Message, reason: &str, version: &str) -> Step {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.dead_letter(message, reason).await {
+            match self.dead_letter(message, reason, version).await {
                 Ok(()) => return Step::Commit,
                 Err(e) => tracing::warn!(
                     function = self.status.name(), offset = message.offset, ?backoff,
@@ -223,16 +246,17 @@ impl Trigger {
         }
     }
 
-    async fn dead_letter(&self, message: &Message, reason: &str) -> anyhow::Result<()> {
+    /// Copies `message` to the dead-letter topic; headers name why and the
+    /// `version` that refused it.
+    async fn dead_letter(&self, message: &Message, reason: &str, version: &str) -> anyhow::Result<()> {
         let topic = dead_letter_topic(&message.topic);
         let mut headers: Vec<(&str, Vec<u8>)> =
             message.headers.iter().map(|h| (h.key.as_str(), h.value.clone())).collect();
         let partition = message.partition.to_string();
         let offset = message.offset.to_string();
-        let version = self.deployment.borrow().version.clone();
         headers.extend([
             ("runnel-function", self.status.name().as_bytes().to_vec()),
-            ("runnel-version", version.into_bytes()),
+            ("runnel-version", version.as_bytes().to_vec()),
             ("runnel-error", reason.as_bytes().to_vec()),
             ("runnel-source-topic", message.topic.as_bytes().to_vec()),
             ("runnel-source-partition", partition.into_bytes()),
@@ -243,25 +267,6 @@ impl Trigger {
             .await?;
         self.status.count(|c| &c.dead_lettered);
         Ok(())
-    }
-}
-
-/// Makes sure the last asynchronous commit reached the broker, for the
-/// partitions this consumer still owns (a rebalance may have moved others,
-/// whose new owner may have committed further).
-fn final_commit(consumer: &TriggerConsumer, mut committed: std::collections::BTreeMap<(String, i32), i64>, name: &str) {
-    let owned = consumer.assignment().unwrap_or_default();
-    committed.retain(|(topic, partition), _| owned.find_partition(topic, *partition).is_some());
-    if committed.is_empty() {
-        return;
-    }
-    let mut position = TopicPartitionList::new();
-    let result = committed
-        .iter()
-        .try_for_each(|((topic, partition), offset)| position.add_partition_offset(topic, *partition, Offset::Offset(*offset)))
-        .and_then(|()| consumer.commit(&position, CommitMode::Sync));
-    if let Err(e) = result {
-        tracing::warn!(function = %name, "final commit failed (records may be seen again): {e}");
     }
 }
 
