@@ -246,3 +246,44 @@ async fn a_function_that_gave_up_runs_again_on_a_new_version() {
     assert_eq!(fixed["state"], "running", "{fixed}");
     assert_eq!(label_of(&servers, &host.database, "records", "first").await, "fixed");
 }
+
+/// A trigger's filter: records that do not match are committed without
+/// running the function and counted as `filtered`. A version on another
+/// topic restarts only the consumer, which then reads the new topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_skip_records_and_a_new_topic_restarts_the_consumer() {
+    let servers = Servers::from_env();
+    let host = Host::start(&servers, &[]).await;
+    let (name, topic, group) = (unique("filter"), unique("topic"), unique("group"));
+    let recorder = fixture("recorder");
+    let filtered = recorder_manifest(&name, &topic, &group, "records", "F")
+        .replace("[capabilities.documents]", "[trigger.kafka.filter]\nkey-prefix = 'keep-'\n[capabilities.documents]");
+    let (status, deployed) = host.deploy(&name, &filtered, &recorder).await;
+    assert_eq!(status, StatusCode::OK, "{deployed}");
+    for key in ["keep-1", "drop-1", "drop-2", "keep-2"] {
+        produce(&servers.kafka_brokers, &topic, key).await;
+    }
+    assert_eq!(label_of(&servers, &host.database, "records", "keep-2").await, "F");
+    let f = host.get_json(&format!("/admin/functions/{name}")).await;
+    assert_eq!(f["running"]["counters"]["filtered"], 2, "{f}");
+    assert_eq!(f["running"]["counters"]["handled"], 2, "{f}");
+    let keys: Vec<String> = documents(&servers.mongodb_uri, &host.database, "records")
+        .await
+        .iter()
+        .map(|d| d["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("keep-")), "{keys:?}");
+
+    let other = unique("topic");
+    let moved = recorder_manifest(&name, &other, &group, "records", "M");
+    let (status, deployed) = host.deploy(&name, &moved, &recorder).await;
+    assert_eq!(status, StatusCode::OK, "{deployed}");
+    assert_eq!(deployed["running"]["topic"], other.as_str(), "{deployed}");
+    produce(&servers.kafka_brokers, &other, "on-the-new-topic").await;
+    assert_eq!(label_of(&servers, &host.database, "records", "on-the-new-topic").await, "M");
+    produce(&servers.kafka_brokers, &topic, "keep-on-the-old-topic").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let docs = documents(&servers.mongodb_uri, &host.database, "records").await;
+    assert!(!docs.iter().any(|d| d["key"] == "keep-on-the-old-topic"), "the old topic is still read");
+}
