@@ -31,7 +31,7 @@ async fn runtime(limits: Limits) -> Runtime {
     .await
     .unwrap();
     let mail = Mail::new(&env("RUNNEL_SMTP_URL"), "probe@example.com").unwrap();
-    Runtime::new(Services::new(database, mail), limits).unwrap()
+    Runtime::new(Services::new(database, mail, std::time::Duration::from_secs(5)), limits).unwrap()
 }
 
 fn message(payload: &str) -> Message {

@@ -114,7 +114,7 @@ async fn store_update_produces_one_alert_and_one_mail() {
 
     // A record the function cannot read goes to the dead-letter topic; the
     // function keeps going.
-    let producer = runnel::platform::kafka::EventProducer::new(&servers.kafka_brokers, Duration::from_secs(10)).unwrap();
+    let producer = runnel::platform::kafka::EventProducer::new(&servers.kafka_brokers, Duration::from_secs(10), false).unwrap();
     producer
         .publish(runnel::platform::kafka::Event {
             topic: "store-alerts-topic",

@@ -25,6 +25,8 @@ pub struct Config {
     pub max_component_bytes: usize,
     /// How often the host reads the deployments every host shares.
     pub sync_interval: Duration,
+    /// Longest a capability call waits for its service (then: unavailable).
+    pub capability_timeout: Duration,
 }
 
 /// A setting that is missing or malformed.
@@ -118,13 +120,16 @@ impl Config {
             err("RUNNEL_MAX_COMPONENT_BYTES", format!("'{max_component}' is not a number of bytes"))
         })?;
 
-        let sync_ms = get("RUNNEL_SYNC_INTERVAL_MS", "500");
-        let sync_interval = sync_ms
-            .parse::<u64>()
-            .ok()
-            .filter(|ms| (10..=60_000).contains(ms))
-            .map(Duration::from_millis)
-            .ok_or_else(|| err("RUNNEL_SYNC_INTERVAL_MS", format!("'{sync_ms}' is not a number of milliseconds from 10 to 60000")))?;
+        // A duration in milliseconds, within `range`.
+        let millis = |name: &'static str, default: &str, range: std::ops::RangeInclusive<u64>, why: &str| {
+            let value = get(name, default);
+            value.parse::<u64>().ok().filter(|ms| range.contains(ms)).map(Duration::from_millis).ok_or_else(|| {
+                err(name, format!("'{value}' is not a number of milliseconds from {} to {}{why}", range.start(), range.end()))
+            })
+        };
+        let sync_interval = millis("RUNNEL_SYNC_INTERVAL_MS", "500", 10..=60_000, "")?;
+        let capability_timeout =
+            millis("RUNNEL_CAPABILITY_TIMEOUT_MS", "5000", 10..=20_000, " (below the 30 s call deadline)")?;
 
         Ok(Config {
             http_addr,
@@ -139,6 +144,7 @@ impl Config {
             admin_token,
             max_component_bytes,
             sync_interval,
+            capability_timeout,
         })
     }
 }
@@ -176,6 +182,7 @@ mod tests {
             ("RUNNEL_ADMIN_TOKEN", "short"),
             ("RUNNEL_MAX_COMPONENT_BYTES", "-1"),
             ("RUNNEL_SYNC_INTERVAL_MS", "0"),
+            ("RUNNEL_CAPABILITY_TIMEOUT_MS", "60000"),
         ] {
             let e = config(&[(name, value)]).unwrap_err();
             assert_eq!(e.name, name);

@@ -15,19 +15,28 @@ use crate::{
         capabilities::{Services, mail::Mail},
         deployments::{Deployer, Registry, TriggerSettings, VersionStore},
         http::Problem,
+        journal::Journal,
         kafka::{self, EventProducer},
+        outbox::Outbox,
         runtime::{Limits, Runtime},
         storage,
     },
 };
+
+/// How long the relay's producer keeps trying to deliver one event before
+/// the relay tries it again (from the database).
+const OUTBOX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Starts everything `config` asks for and serves until `shutdown` resolves
 /// (or the HTTP server fails), then stops in order.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let database = storage::connect(&config.mongodb_uri, &config.mongodb_database, config.connect_timeout).await?;
     let mail = Mail::new(&config.smtp_url, &config.mail_from)?;
-    let producer = EventProducer::new(&config.kafka_brokers, config.connect_timeout)?;
-    let services = Services::new(database.clone(), mail);
+    // Dead letters; the outbox's events go through an idempotent producer.
+    let producer = EventProducer::new(&config.kafka_brokers, config.connect_timeout, false)?;
+    let relay_producer = EventProducer::new(&config.kafka_brokers, OUTBOX_DELIVERY_TIMEOUT, true)?;
+    let services = Services::new(database.clone(), mail, config.capability_timeout);
+    let journal = Journal::open(&database, config.capability_timeout).await.context("cannot prepare the journal")?;
     let limits = Limits::default();
     let runtime = Runtime::new(services, limits)?;
 
@@ -37,6 +46,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let registry = Registry::new(TriggerSettings {
         brokers: config.kafka_brokers.clone(),
         producer: producer.clone(),
+        journal,
+        call_deadline: limits.timeout + Duration::from_secs(1),
         timeout: config.connect_timeout,
         // Long enough for a call in progress to end within its own deadline.
         stop_grace: limits.timeout + Duration::from_secs(10),
@@ -72,7 +83,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         },
         None => None,
     };
-    let sync = tokio::spawn(deployer.clone().sync_until(config.sync_interval, stop_rx.clone()));
+    let mut sync = tokio::spawn(deployer.clone().sync_until(config.sync_interval, stop_rx.clone()));
+    let (outbox, mut relay) = Outbox::start(&database, relay_producer, &app::outbox_collections(), stop_rx.clone());
 
     let auth = match &config.admin_token {
         Some(token) => AdminAuth::Token(Arc::from(token.as_str())),
@@ -81,7 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             AdminAuth::LoopbackOnly
         }
     };
-    let app = router(&config, database, producer, AdminState { deployer: deployer.clone(), auth: Arc::new(auth) });
+    let app = router(&config, database, outbox, AdminState { deployer: deployer.clone(), auth: Arc::new(auth) });
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let mut http_stop = stop_rx.clone();
@@ -107,6 +119,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             tracing::error!("the HTTP server failed: {reason}; shutting down");
             Err(anyhow::anyhow!("the HTTP server failed: {reason}"))
         }
+        // Neither ends before the stop either: without the relay, events
+        // would wait forever; without the sync, deploys would not arrive.
+        ended = &mut relay => Err(part_failed("the outbox relay", ended.err())),
+        ended = &mut sync => Err(part_failed("the deployment sync", ended.err())),
     };
     let _ = stop_tx.send(true);
     // In order: no new requests (those in flight finish), no more syncs or
@@ -116,7 +132,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         if !server.is_finished() {
             let _ = server.await;
         }
-        let _ = sync.await;
+        if !sync.is_finished() {
+            let _ = sync.await;
+        }
+        if !relay.is_finished() {
+            let _ = relay.await;
+        }
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
@@ -130,9 +151,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     result
 }
 
+/// Logs that a part of the host that runs until the stop has ended; the
+/// error the host exits with.
+fn part_failed(part: &str, error: Option<tokio::task::JoinError>) -> anyhow::Error {
+    let reason = match error {
+        Some(e) if e.is_panic() => format!("{part} crashed"),
+        _ => format!("{part} stopped"),
+    };
+    tracing::error!("{reason}; shutting down");
+    anyhow::anyhow!(reason)
+}
+
 /// The application's routes, the admin API, and the OpenAPI document of both.
-fn router(config: &Config, database: mongodb::Database, producer: EventProducer, admin: AdminState) -> Router {
-    let (app_router, mut doc) = app::api::router(app::api::AppState { database, producer }, config.max_body_bytes);
+fn router(config: &Config, database: mongodb::Database, outbox: Outbox, admin: AdminState) -> Router {
+    let (app_router, mut doc) = app::api::router(app::api::AppState { database, outbox }, config.max_body_bytes);
     let (admin_router, admin_doc) = admin::router(admin, config.max_component_bytes);
     doc.merge(admin_doc);
     // `/openapi.json` describes itself too.

@@ -12,7 +12,8 @@ RUNNEL_CACHE="$RUNNEL_ROOT/.cache"
 RUNNEL_VENV="$RUNNEL_CACHE/venv"
 RUNNEL_BIN="$RUNNEL_CACHE/bin"
 RUNNEL_TARGET="${CARGO_TARGET_DIR:-$RUNNEL_ROOT/target}"
-export RUNNEL_TANSU_BIN="$RUNNEL_BIN/tansu" # tests start brokers of their own too
+export RUNNEL_TANSU_BIN="$RUNNEL_BIN/tansu" # tests start servers of their own too
+export RUNNEL_VENV
 
 # Versions of the servers the scripts install; bump them here.
 SECANTUSDB_VERSION="0.7.0b3"

@@ -132,6 +132,11 @@ impl Host {
         }
     }
 
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the host is running")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -165,10 +170,16 @@ pub struct Mail {
     pub envelope_to: String,
     pub subject: String,
     pub body: String,
+    pub message_id: String,
 }
 
 /// Every message in the Maildir whose subject is `subject`.
 pub fn mails_with_subject(maildir: &Path, subject: &str) -> Vec<Mail> {
+    mails_where(maildir, |s| s == subject)
+}
+
+/// Every message in the Maildir whose subject passes `wanted`.
+pub fn mails_where(maildir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<Mail> {
     let Ok(entries) = std::fs::read_dir(maildir.join("new")) else { return Vec::new() };
     let mut mails = Vec::new();
     for entry in entries.flatten() {
@@ -178,7 +189,7 @@ pub fn mails_with_subject(maildir: &Path, subject: &str) -> Vec<Mail> {
             use mailparse::MailHeaderMap;
             parsed.headers.get_first_value(name).unwrap_or_default()
         };
-        if header("Subject") != subject {
+        if !wanted(&header("Subject")) {
             continue;
         }
         mails.push(Mail {
@@ -187,6 +198,7 @@ pub fn mails_with_subject(maildir: &Path, subject: &str) -> Vec<Mail> {
             envelope_to: header("X-RcptTo"),
             subject: header("Subject"),
             body: parsed.get_body().unwrap_or_default(),
+            message_id: header("Message-ID"),
         });
     }
     mails
@@ -293,4 +305,185 @@ pub async fn documents(mongodb_uri: &str, database: &str, collection: &str) -> V
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A function component built by scripts/test (from `functions/`).
+pub fn function(name: &str) -> Vec<u8> {
+    let dir = std::env::var("RUNNEL_TEST_FUNCTIONS_DIR").expect("RUNNEL_TEST_FUNCTIONS_DIR: run the tests with scripts/test");
+    let path = Path::new(&dir).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+impl Host {
+    /// `GET /admin/functions/{name}`'s counters of the running version.
+    pub async fn counters(&self, name: &str) -> serde_json::Value {
+        self.get_json(&format!("/admin/functions/{name}")).await["running"]["counters"].clone()
+    }
+}
+
+/// Produces `payload` to `topic`/`partition` with `key` and `headers`.
+pub async fn produce(brokers: &str, topic: &str, partition: Option<i32>, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+    use rdkafka::{
+        message::{Header, OwnedHeaders},
+        producer::{FutureProducer, FutureRecord},
+    };
+    let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let mut owned = OwnedHeaders::new();
+    for (k, v) in headers {
+        owned = owned.insert(Header { key: k, value: Some(v.as_bytes()) });
+    }
+    let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(owned);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+}
+
+/// A record as a test reads it back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `topic` from its start (in a new group) until `done` holds for what
+/// was read, or panics after `limit`.
+pub async fn read_topic(brokers: &str, topic: &str, limit: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+    use rdkafka::{
+        Message,
+        consumer::{Consumer, StreamConsumer},
+        message::Headers,
+    };
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + limit;
+    let mut records = Vec::new();
+    while !done(&records) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out after {limit:?} reading {topic}; read {records:?}");
+        let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await else { continue };
+        records.push(Record {
+            partition: m.partition(),
+            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    records
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`, …) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Servers of a test's own, so that it can hang, kill and restart them.
+pub struct OwnServers {
+    pub servers: Servers,
+    pub broker: Child,
+    pub database: Child,
+    pub smtp: Child,
+    smtp_port: u16,
+    _dir: PathBuf,
+}
+
+async fn wait_port(port: u16, what: &str) {
+    eventually(Duration::from_secs(60), what, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
+    })
+    .await;
+}
+
+impl OwnServers {
+    /// A broker, a document store and an SMTP sink on free ports.
+    pub async fn start() -> OwnServers {
+        let tansu = std::env::var("RUNNEL_TANSU_BIN").expect("RUNNEL_TANSU_BIN: run the tests with scripts/test");
+        let venv = PathBuf::from(std::env::var("RUNNEL_VENV").expect("RUNNEL_VENV: run the tests with scripts/test"));
+        let dir = std::env::temp_dir().join(format!("runnel-own-{}", uuid::Uuid::new_v4().simple()));
+        for sub in ["maildir/new", "maildir/cur", "maildir/tmp", "mongo"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let quiet = |cmd: &mut Command| {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null()).kill_on_drop(true);
+        };
+        let kafka_port = free_port();
+        let url = format!("tcp://127.0.0.1:{kafka_port}");
+        let mut cmd = Command::new(tansu);
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]);
+        quiet(&mut cmd);
+        let broker = cmd.spawn().unwrap();
+        let mongo_port = free_port();
+        let mut cmd = Command::new(venv.join("bin/secantusd-py"));
+        cmd.args(["--host", "127.0.0.1", "--port", &mongo_port.to_string(), "--log-level", "WARNING", "--storage-path"])
+            .arg(dir.join("mongo"));
+        quiet(&mut cmd);
+        let database = cmd.spawn().unwrap();
+        let smtp_port = free_port();
+        let smtp = Self::smtp_command(&venv, smtp_port, &dir.join("maildir")).spawn().unwrap();
+        wait_port(kafka_port, "the broker").await;
+        wait_port(mongo_port, "the database").await;
+        wait_port(smtp_port, "the SMTP server").await;
+        OwnServers {
+            servers: Servers {
+                kafka_brokers: format!("127.0.0.1:{kafka_port}"),
+                mongodb_uri: format!("mongodb://127.0.0.1:{mongo_port}/?directConnection=true"),
+                smtp_url: format!("smtp://127.0.0.1:{smtp_port}"),
+                maildir: dir.join("maildir"),
+                functions_dir: std::env::var("RUNNEL_TEST_FUNCTIONS_DIR").unwrap_or_default().into(),
+            },
+            broker,
+            database,
+            smtp,
+            smtp_port,
+            _dir: dir,
+        }
+    }
+
+    fn smtp_command(venv: &Path, port: u16, maildir: &Path) -> Command {
+        let mut cmd = Command::new(venv.join("bin/python"));
+        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Kills the SMTP server (its mail stays) and starts it again after `down`.
+    pub async fn restart_smtp(&mut self, down: Duration) {
+        self.smtp.kill().await.unwrap();
+        tokio::time::sleep(down).await;
+        let venv = PathBuf::from(std::env::var("RUNNEL_VENV").unwrap());
+        self.smtp = Self::smtp_command(&venv, self.smtp_port, &self.servers.maildir).spawn().unwrap();
+        wait_port(self.smtp_port, "the SMTP server again").await;
+    }
+}
+
+/// Every message in the Maildir whose subject starts with `prefix`.
+pub fn mails_starting(maildir: &Path, prefix: &str) -> Vec<Mail> {
+    mails_where(maildir, |subject| subject.starts_with(prefix))
 }

@@ -6,9 +6,10 @@
 //! (`Store Alert: <storeName>`, body = the status). It reaches the outside only
 //! through the host capabilities imported by the `stream-function` world.
 //!
-//! Redelivery is expected (the host commits after `ok`): the alert's `_id` is
-//! derived from the record's coordinates, so a retried record never stores a
-//! second alert.
+//! A record delivered again (after a crash or a retry) stores no second alert
+//! and sends no second mail: the host journals each capability call and
+//! answers it from the journal on a later delivery, so the function needs no
+//! idempotence tricks of its own.
 
 #![no_std]
 
@@ -56,21 +57,12 @@ impl Guest for StoreAlertToEmail {
         }
 
         let recipients = distribution_list()?;
-        let id = alert_id(&message);
         let alert = serde_json::json!({
-            "_id": id,
             "storeName": event.store_name,
             "storeStatus": event.store_status.as_str(),
             "timestamp": { "$date": { "$numberLong": clock::now_ms().to_string() } },
         });
-        match documents::insert_one(COLLECTION, &alert.to_string()) {
-            Ok(_) => {}
-            // Stored by an earlier delivery of this record: only the mail may be missing.
-            Err(documents::DocumentError::Conflict(_)) => {
-                logging::log(logging::Level::Info, &format!("alert {id} already stored"));
-            }
-            Err(e) => return Err(document_error(e)),
-        }
+        let id = documents::insert_one(COLLECTION, &alert.to_string()).map_err(document_error)?;
 
         let sent = mail::send(&mail::Message {
             to: recipients,
@@ -114,34 +106,6 @@ fn document_error(e: documents::DocumentError) -> HandlerError {
         Unavailable(m) => HandlerError::RetryLater(m),
         Conflict(m) | Invalid(m) | NotPermitted(m) => HandlerError::GiveUp(m),
     }
-}
-
-/// A UUID-shaped id that is the same for every delivery of one record: two
-/// FNV-1a hashes of its topic, partition, offset and timestamp (the timestamp
-/// tells apart records of a broker whose offsets started again).
-fn alert_id(m: &Message) -> String {
-    let coordinates = format!(
-        "{}/{}/{}/{}",
-        m.topic,
-        m.partition,
-        m.offset,
-        m.timestamp_ms.unwrap_or_default()
-    );
-    let hash = |seed: u64| {
-        coordinates.bytes().fold(seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-    };
-    let (hi, lo) = (hash(0xcbf2_9ce4_8422_2325), hash(0x6c62_272e_07bb_0142));
-    // Version 8 (custom) and the RFC 9562 variant bits.
-    let hi = (hi & !0xf000) | 0x8000;
-    let lo = (lo & !(0b11 << 62)) | (0b10 << 62);
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    )
 }
 
 runnel_guest::export_function!(StoreAlertToEmail);

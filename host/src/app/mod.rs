@@ -16,3 +16,9 @@ pub mod storage;
 pub fn topics() -> Vec<String> {
     vec![domain::store::STORE_ALERTS_TOPIC.to_string(), domain::person::PERSON_TOPIC.to_string()]
 }
+
+/// The collections whose documents hold events waiting to be published
+/// (see the platform's outbox): those of resources with `updated_event`.
+pub fn outbox_collections() -> Vec<&'static str> {
+    vec![storage::stores::COLLECTION, storage::persons::COLLECTION]
+}

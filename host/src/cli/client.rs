@@ -154,3 +154,29 @@ pub async fn undeploy(host: &HostArgs, name: &str) -> anyhow::Result<ExitCode> {
     println!("{name} undeployed");
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn replay(host: &HostArgs, name: &str, body: &Value) -> anyhow::Result<ExitCode> {
+    let report = send(host, request(host, reqwest::Method::POST, &format!("/admin/functions/{name}/replay")).json(body)).await?;
+    let outcomes: Vec<String> = report["outcomes"]
+        .as_object()
+        .map(|o| o.iter().map(|(kind, n)| format!("{kind} {n}")).collect())
+        .unwrap_or_default();
+    println!(
+        "{name}: replayed {} record(s) from {}{}",
+        report["replayed"],
+        report["topic"].as_str().unwrap_or("?"),
+        if outcomes.is_empty() { String::new() } else { format!(": {}", outcomes.join(", ")) }
+    );
+    let journal = report["answeredFromJournal"].as_u64().unwrap_or(0);
+    if journal > 0 {
+        println!("  {journal} had calls answered from the journal (done before, not repeated)");
+    }
+    let skipped = report["skipped"].as_u64().unwrap_or(0);
+    if skipped > 0 {
+        println!("  {skipped} dead letter(s) skipped: replayed and handled before");
+    }
+    let handled = report["outcomes"]["ok"].as_u64().unwrap_or(0);
+    let replayed = report["replayed"].as_u64().unwrap_or(0);
+    // 3, like invoke, when something replayed was not handled.
+    Ok(if handled == replayed { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}

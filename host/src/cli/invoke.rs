@@ -45,7 +45,11 @@ pub(crate) async fn services() -> anyhow::Result<Services> {
     let client = mongodb::Client::with_uri_str(&config.mongodb_uri)
         .await
         .with_context(|| format!("RUNNEL_MONGODB_URI: cannot use '{}'", config.mongodb_uri))?;
-    Ok(Services::new(client.database(&config.mongodb_database), Mail::new(&config.smtp_url, &config.mail_from)?))
+    Ok(Services::new(
+        client.database(&config.mongodb_database),
+        Mail::new(&config.smtp_url, &config.mail_from)?,
+        config.capability_timeout,
+    ))
 }
 
 /// Compiles the component with the grants of `manifest_text` resolved

@@ -63,6 +63,27 @@ enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Run records again through a function's running version: its dead
+    /// letters (`--dlq`), or its topic from an offset or a time up to where
+    /// the function has got. Prints how many records ran and how they ended.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["dlq", "from_offset", "from_time"])))]
+    Replay {
+        name: String,
+        /// Replay the function's dead letters (each once handled, then skipped).
+        #[arg(long)]
+        dlq: bool,
+        /// With --dlq: only records dead-lettered at or after this time (RFC 3339).
+        #[arg(long, requires = "dlq", value_parser = parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Re-run the topic from this offset (in every partition).
+        #[arg(long)]
+        from_offset: Option<u64>,
+        /// Re-run the topic from this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        from_time: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        host: HostArgs,
+    },
     /// Undeploy a function on every host (its versions are kept).
     Undeploy {
         name: String,
@@ -100,6 +121,15 @@ pub fn main() -> ExitCode {
         Command::Functions { json, host } => runtime.block_on(client::functions(&host, json)),
         Command::Rollback { name, version, host } => runtime.block_on(client::rollback(&host, &name, version.as_deref())),
         Command::Undeploy { name, host } => runtime.block_on(client::undeploy(&host, &name)),
+        Command::Replay { name, dlq, since, from_offset, from_time, host } => {
+            let body = match (dlq, from_offset, from_time) {
+                (true, _, _) => serde_json::json!({ "from": "dead-letters", "since": since }),
+                (_, Some(offset), _) => serde_json::json!({ "from": "offset", "offset": offset }),
+                (_, _, Some(time)) => serde_json::json!({ "from": "time", "time": time }),
+                _ => unreachable!("clap requires one source"),
+            };
+            runtime.block_on(client::replay(&host, &name, &body))
+        }
         Command::Invoke(args) => runtime.block_on(invoke::run(args)),
         Command::New(args) => new::run(args),
     };
@@ -107,6 +137,13 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => fail(&e),
     }
+}
+
+/// An RFC 3339 time, e.g. `2026-11-23T10:00:00Z`.
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("'{s}' is not an RFC 3339 time like 2026-11-23T10:00:00Z: {e}"))
 }
 
 fn fail(error: &anyhow::Error) -> ExitCode {

@@ -8,6 +8,7 @@
 //! | `PUT /admin/functions/{name}` | deploy: `multipart/form-data` with parts `manifest` (TOML) and `component` (the `.wasm`) |
 //! | `DELETE /admin/functions/{name}` | undeploy (versions are kept) |
 //! | `POST /admin/functions/{name}/rollback` | activate the previous version, or `{"version": "…"}` |
+//! | `POST /admin/functions/{name}/replay` | run dead letters, or records from an offset or a time, through the running version |
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -28,6 +29,7 @@ use utoipa::openapi::{
 };
 
 use super::{
+    kafka::replay::{ReplayFrom, ReplayReport},
     deployments::{DeployError, Deployer, FunctionDoc, HistoryEntry, registry::FunctionStatus},
     http::{
         Problem,
@@ -154,6 +156,7 @@ pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi
     api.schema::<VersionView>();
     api.schema::<HistoryView>();
     api.schema::<FunctionStatus>();
+    api.schema::<ReplayReport>();
     let tag = "admin";
     let view = || schema_ref("FunctionView");
     let multipart: RefOr<Schema> = ObjectBuilder::new()
@@ -180,17 +183,35 @@ pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi
         .json(200, "Rolled back", view())
         .problem(400, "A malformed body")
         .problem(404, "No such function, or no such version of it");
-    rollback.operation = rollback.operation.request_body(Some(
-        RequestBodyBuilder::new()
-            .required(Some(Required::False))
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(ObjectBuilder::new().property("version", ObjectBuilder::new().schema_type(Type::String))))
-                    .build(),
-            )
-            .build(),
-    ));
+    rollback.operation = rollback.operation.request_body(Some(json_request(
+        Required::False,
+        None,
+        ObjectBuilder::new().property("version", ObjectBuilder::new().schema_type(Type::String)),
+    )));
+    let mut replay = Op::new(HttpMethod::Post, "replay_function", "Run records again through the running version", tag)
+        .with_path_parameter("name")
+        .json(200, "How many records were replayed, and how they ended", schema_ref("ReplayReport"))
+        .problem(400, "A malformed body")
+        .problem(409, "The function runs nothing on this host")
+        .problem(503, "The broker or the database did not answer");
+    let time = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime)))
+    };
+    replay.operation = replay.operation.request_body(Some(json_request(
+        Required::True,
+        Some(
+            "`{\"from\": \"dead-letters\"}` (optionally `\"since\": RFC 3339 time`), \
+             `{\"from\": \"offset\", \"offset\": N}` or `{\"from\": \"time\", \"time\": RFC 3339 time}`",
+        ),
+        ObjectBuilder::new()
+            .property("from", ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["dead-letters", "offset", "time"])))
+            .property("since", time())
+            .property("offset", ObjectBuilder::new().schema_type(Type::Integer))
+            .property("time", time())
+            .required("from"),
+    )));
     let unauthorized = |op: Op| {
         op.problem(401, "No `Authorization: Bearer` token (RUNNEL_ADMIN_TOKEN is set)")
             .problem(403, "A wrong token, or a client not on loopback when no token is set")
@@ -224,7 +245,8 @@ pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi
                 ),
             ],
         )
-        .route("/admin/functions/{name}/rollback", post(rollback_function), vec![unauthorized(rollback)]);
+        .route("/admin/functions/{name}/rollback", post(rollback_function), vec![unauthorized(rollback)])
+        .route("/admin/functions/{name}/replay", post(replay_function), vec![unauthorized(replay)]);
     let (router, doc) = api.finish();
     let auth = state.auth.clone();
     let router = router
@@ -232,6 +254,15 @@ pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi
         .layer(middleware::from_fn_with_state(auth, authorize))
         .with_state(state);
     (router, doc)
+}
+
+/// A JSON request body of `schema`.
+fn json_request(required: Required, description: Option<&str>, schema: ObjectBuilder) -> utoipa::openapi::request_body::RequestBody {
+    RequestBodyBuilder::new()
+        .required(Some(required))
+        .description(description)
+        .content("application/json", ContentBuilder::new().schema(Some(schema)).build())
+        .build()
 }
 
 async fn view(state: &AdminState, function: FunctionDoc) -> Result<FunctionView, Problem> {
@@ -376,6 +407,51 @@ async fn rollback_function(
     };
     let deployed = state.deployer.rollback(&name, request.version.as_deref()).await.map_err(deploy_problem)?;
     read_view(&state, &deployed.name).await
+}
+
+/// Where a replay starts, as a request body.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "from", rename_all = "kebab-case", deny_unknown_fields)]
+enum ReplayRequest {
+    DeadLetters { since: Option<chrono::DateTime<chrono::Utc>> },
+    Offset { offset: i64 },
+    Time { time: chrono::DateTime<chrono::Utc> },
+}
+
+async fn replay_function(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ReplayReport>, Problem> {
+    let value = json_object(&headers, body, &["application/json"])?;
+    let request: ReplayRequest = serde_json::from_value(value).map_err(|e| {
+        Problem::invalid_json(format!(
+            "expected {{\"from\": \"dead-letters\"}}, {{\"from\": \"offset\", \"offset\": N}} or {{\"from\": \"time\", \"time\": \"…\"}}: {e}"
+        ))
+    })?;
+    let from = match request {
+        ReplayRequest::DeadLetters { since } => ReplayFrom::DeadLetters { since_ms: since.map(|t| t.timestamp_millis()) },
+        ReplayRequest::Offset { offset } if offset >= 0 => ReplayFrom::Offset(offset),
+        ReplayRequest::Offset { offset } => {
+            return Err(Problem::invalid_json(format!("offset {offset}: an offset is 0 or more")));
+        }
+        ReplayRequest::Time { time } => ReplayFrom::Time(time.timestamp_millis()),
+    };
+    let registry = state.deployer.registry().clone();
+    // In a task of its own: a client that hangs up does not stop a replay
+    // between a record's run and its being remembered.
+    let replayed = tokio::spawn(async move { registry.replay(&name, from).await.map(|r| (name, r)) })
+        .await
+        .map_err(|e| Problem::unavailable(format!("the replay was interrupted: {e}")))?;
+    match replayed {
+        None => Err(Problem::conflict("the function runs nothing on this host: deploy it (or roll it back) first".to_string())),
+        Some((_, Ok(report))) => Ok(Json(report)),
+        Some((name, Err(e))) => {
+            tracing::warn!(function = %name, "replay failed: {e:#}");
+            Err(Problem::unavailable(format!("the replay stopped: {e:#}")))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! |---|---|
 //! | [`runtime`] | wasmtime: compiling components, running a message through a fresh instance |
 //! | [`capabilities`] | what a function can reach, one module per WIT interface |
+//! | [`journal`] | capability calls per record, so that a redelivered record's effects happen once |
 //! | [`kafka`] | topics, the producer, the trigger that feeds a deployment |
+//! | [`outbox`] | events stored with the change they announce, and the relay that publishes them |
 //! | [`deployments`] | manifests, versions in the database, the registry of supervised triggers |
 //! | [`admin`] | the `/admin` HTTP API |
 //! | [`http`] | problem+json, request parsing, routes with their OpenAPI description |
@@ -16,7 +18,9 @@ pub mod admin;
 pub mod capabilities;
 pub mod deployments;
 pub mod http;
+pub mod journal;
 pub mod kafka;
+pub mod outbox;
 pub mod runtime;
 pub mod storage;
 

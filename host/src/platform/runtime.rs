@@ -18,7 +18,10 @@ use wasmtime::{
     component::{Component, Linker},
 };
 
-use super::capabilities::{self, Grants, InstanceState, Services, logging::LogLine};
+use super::{
+    capabilities::{self, Grants, InstanceState, Services, logging::LogLine},
+    journal::Calls,
+};
 
 /// The host side of `wit/runnel.wit`.
 pub mod bindings {
@@ -27,6 +30,8 @@ pub mod bindings {
         path: "../wit",
         imports: { default: async },
         exports: { default: async },
+        // Capability results are journaled as BSON.
+        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 }
 
@@ -248,15 +253,22 @@ pub struct Function {
 }
 
 impl Function {
-    /// Runs `message` through a new instance.
+    /// Runs `message` through a new instance, its calls not journaled.
     pub async fn handle(&self, message: &Message) -> Outcome {
         self.invoke(message).await.outcome
     }
 
-    /// Runs `message` through a new instance; also returns what it logged.
+    /// Runs `message` through a new instance, its calls not journaled; also
+    /// returns what it logged.
     pub async fn invoke(&self, message: &Message) -> Invocation {
+        self.run(message, &Calls::unjournaled(self.name.clone())).await
+    }
+
+    /// Runs `message` through a new instance whose capability calls go
+    /// through `calls`, the journal of this record.
+    pub async fn run(&self, message: &Message, calls: &Calls) -> Invocation {
         let limits = self.runtime.inner.limits;
-        let mut store = self.store(limits);
+        let mut store = self.store(limits, calls);
         let run = self.call(&mut store, message);
         let outcome = match tokio::time::timeout(limits.timeout + EPOCH_TICK * 10, run).await {
             Ok(Ok(Ok(()))) => Outcome::Handled,
@@ -275,7 +287,7 @@ impl Function {
         Invocation { outcome, logs }
     }
 
-    fn store(&self, limits: Limits) -> Store<InstanceState> {
+    fn store(&self, limits: Limits, calls: &Calls) -> Store<InstanceState> {
         let inner = &self.runtime.inner;
         // Bounds on everything a component can make, not just each memory's
         // size: a Rust component needs one memory and a few small tables.
@@ -287,7 +299,7 @@ impl Function {
             .instances(8)
             .trap_on_grow_failure(false)
             .build();
-        let state = inner.services.instance(&self.name, &self.grants, store_limits);
+        let state = inner.services.instance(&self.name, &self.grants, store_limits, calls);
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limits);
         // Yield to tokio at every tick, and trap once the deadline has passed.

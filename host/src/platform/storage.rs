@@ -36,3 +36,59 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
         _ => false,
     }
 }
+
+/// What retrying can do about a database error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The server was unreachable, slow, stepping down or short of a write
+    /// concern: the same request may succeed later.
+    Unavailable,
+    /// A document with the same key exists.
+    Conflict,
+    /// The request itself is wrong (bad operator, failed validation): it
+    /// will fail again.
+    Invalid,
+}
+
+/// Server error codes that say "not now" rather than "never": network and
+/// time limits, elections, shutdowns, write concerns.
+const RETRYABLE_CODES: &[i32] = &[
+    6,     // HostUnreachable
+    7,     // HostNotFound
+    50,    // MaxTimeMSExpired
+    64,    // WriteConcernFailed
+    89,    // NetworkTimeout
+    91,    // ShutdownInProgress
+    100,   // UnsatisfiableWriteConcern
+    112,   // WriteConflict
+    189,   // PrimarySteppedDown
+    262,   // ExceededTimeLimit
+    9001,  // SocketException
+    10107, // NotWritablePrimary
+    11600, // InterruptedAtShutdown
+    11602, // InterruptedDueToReplStateChange
+    13435, // NotPrimaryNoSecondaryOk
+    13436, // NotPrimaryOrSecondary
+    251,   // NoSuchTransaction
+];
+
+/// Classifies `e` by what retrying can fix.
+pub fn classify(e: &mongodb::error::Error) -> ErrorClass {
+    if is_duplicate_key(e) {
+        return ErrorClass::Conflict;
+    }
+    if e.contains_label("RetryableWriteError") || e.contains_label("TransientTransactionError") {
+        return ErrorClass::Unavailable;
+    }
+    let code = match e.kind.as_ref() {
+        ErrorKind::Command(c) => c.code,
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code,
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => return ErrorClass::Unavailable,
+        ErrorKind::InvalidArgument { .. }
+        | ErrorKind::BsonSerialization(_)
+        | ErrorKind::BsonDeserialization(_) => return ErrorClass::Invalid,
+        // I/O, server selection, pools cleared, DNS, authentication, …
+        _ => return ErrorClass::Unavailable,
+    };
+    if RETRYABLE_CODES.contains(&code) { ErrorClass::Unavailable } else { ErrorClass::Invalid }
+}

@@ -21,7 +21,7 @@ use crate::{
     app::{domain::FieldError, storage::StorageError},
     platform::{
         http::{Problem, openapi::Api},
-        kafka::EventProducer,
+        outbox::Outbox,
     },
 };
 
@@ -29,7 +29,8 @@ use crate::{
 #[derive(Clone)]
 pub struct AppState {
     pub database: Database,
-    pub producer: EventProducer,
+    /// Where updates leave their events, for the relay to publish.
+    pub outbox: Outbox,
 }
 
 /// Every route of the application, with the document that describes them.
@@ -63,6 +64,7 @@ impl From<StorageError> for Problem {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::Duplicate => Problem::conflict(e.to_string()),
+            StorageError::EventsPending => Problem::unavailable(e.to_string()),
             StorageError::Unavailable(_) => {
                 tracing::error!("storage: {e}");
                 Problem::unavailable("the database is unavailable; try again later")

@@ -33,6 +33,7 @@ use crate::{
             request::{Id, MERGE_PATCH, Paging, from_value, json_body, json_object},
         },
         kafka::Event,
+        outbox::Pending,
     },
 };
 
@@ -134,7 +135,7 @@ pub async fn replace<W: Writable>(
     let input: W::Input = json_body(&headers, body)?;
     let existing: W::Item = repo::<W>(&state).get(&id).await?.ok_or_else(|| not_found::<W>(&id))?.into();
     let item = W::replace(input, &existing, Utc::now())?;
-    save_detached::<W>(state, existing, item).await
+    save::<W>(&state, &existing, item).await
 }
 
 pub async fn patch<W: Writable>(
@@ -156,40 +157,29 @@ pub async fn patch<W: Writable>(
     }
     let input: W::Input = from_value(merged)?;
     let item = W::replace(input, &existing, Utc::now())?;
-    save_detached::<W>(state, existing, item).await
+    save::<W>(&state, &existing, item).await
 }
 
-/// Runs [`save`] in a task of its own: a client that hangs up cannot cancel
-/// it between the write and the event.
-async fn save_detached<W: Writable>(state: AppState, existing: W::Item, item: W::Item) -> Result<Json<W::Item>, Problem> {
-    tokio::spawn(async move { save::<W>(&state, &existing, item).await })
-        .await
-        .unwrap_or_else(|e| Err(Problem::unavailable(format!("the update was interrupted: {e}"))))
-}
-
-/// Stores `item` over `existing`, then publishes its event, and answers once
-/// the broker has it. When the event cannot be published, `existing` is put
-/// back, so that a refused update leaves nothing half-done (a concurrent
-/// update of the same id in that window would be undone with it).
+/// Stores `item` over `existing`, with its event (if any) in the same
+/// atomic write: the outbox's relay publishes it, now or once the broker is
+/// back. The answer does not wait for the broker.
 async fn save<W: Writable>(state: &AppState, existing: &W::Item, item: W::Item) -> Result<Json<W::Item>, Problem> {
     let id = W::id(existing);
     let repo = repo::<W>(state);
-    if !repo.replace(id, &W::Doc::from(&item)).await? {
+    let doc = W::Doc::from(&item);
+    let saved = match W::updated_event(&item) {
+        None => repo.replace(id, &doc).await?,
+        Some(event) => {
+            let pending = Pending::new(&event);
+            let saved = repo.replace_announcing(id, &doc, &pending).await?;
+            if saved {
+                state.outbox.written(W::COLLECTION, id);
+            }
+            saved
+        }
+    };
+    if !saved {
         return Err(not_found::<W>(id));
     }
-    let Some(event) = W::updated_event(&item) else { return Ok(Json(item)) };
-    let topic = event.topic;
-    let Err(e) = state.producer.publish(event).await else { return Ok(Json(item)) };
-    tracing::error!(resource = W::NAME, id, topic, "event not published, restoring the previous version: {e:#}");
-    if let Err(restore) = repo.replace(id, &W::Doc::from(existing)).await {
-        tracing::error!(resource = W::NAME, id, "could not restore the previous version: {restore}");
-        return Err(Problem::unavailable(format!(
-            "the {} was saved but its event could not be published ({e}); repeat the request",
-            W::NAME
-        )));
-    }
-    Err(Problem::unavailable(format!(
-        "the {} event could not be published ({e}); nothing was changed, try again later",
-        W::NAME
-    )))
+    Ok(Json(item))
 }

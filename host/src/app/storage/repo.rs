@@ -13,6 +13,8 @@ use serde::{Serialize, de::DeserializeOwned};
 pub enum StorageError {
     #[error("a document with this id already exists")]
     Duplicate,
+    #[error("the event of its last change is not published yet (is the broker down?); try again shortly")]
+    EventsPending,
     #[error("database unavailable: {0}")]
     Unavailable(#[from] mongodb::error::Error),
 }
@@ -84,14 +86,43 @@ where
         Ok(result.matched_count == 1)
     }
 
-    /// Deletes the document `id`; false when there is none.
+    /// Replaces the document `id` and appends `event` to its pending
+    /// events, in one atomic write; false when there is none.
+    pub async fn replace_announcing(&self, id: &str, doc: &D, event: &Pending) -> Result<bool, StorageError> {
+        let mut replacement = mongodb::bson::to_document(doc)?;
+        replacement.insert("_id", id);
+        let raw: Collection<Document> = self.collection.clone_with_type();
+        let result = raw.update_one(doc! { "_id": id }, event.replace_and_append(replacement)).await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// Deletes the document `id`; false when there is none. A document
+    /// whose last change's event is not published yet is kept (the event
+    /// would be lost with it).
     pub async fn delete(&self, id: &str) -> Result<bool, StorageError> {
-        let result = self.collection.delete_one(doc! { "_id": id }).await?;
-        Ok(result.deleted_count == 1)
+        let mut filter = outbox::nothing_pending();
+        filter.insert("_id", id);
+        let result = self.collection.delete_one(filter).await?;
+        if result.deleted_count == 1 {
+            return Ok(true);
+        }
+        if self.collection.count_documents(doc! { "_id": id }).await? > 0 {
+            return Err(StorageError::EventsPending);
+        }
+        Ok(false)
     }
 }
 
-use crate::platform::storage::is_duplicate_key;
+use crate::platform::{
+    outbox::{self, Pending},
+    storage::is_duplicate_key,
+};
+
+impl From<mongodb::bson::ser::Error> for StorageError {
+    fn from(e: mongodb::bson::ser::Error) -> Self {
+        StorageError::Unavailable(e.into())
+    }
+}
 
 fn classify(e: mongodb::error::Error) -> StorageError {
     if is_duplicate_key(&e) { StorageError::Duplicate } else { StorageError::Unavailable(e) }

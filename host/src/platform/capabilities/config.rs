@@ -96,7 +96,7 @@ impl Capability for Config {
         Ok(Resolved { values })
     }
 
-    fn instance(&self, _: &Arc<str>, resolved: &Arc<Resolved>) -> State {
+    fn instance(&self, _: &Arc<str>, resolved: &Arc<Resolved>, _: &crate::platform::journal::Calls) -> State {
         State { values: resolved.clone() }
     }
 

@@ -6,8 +6,15 @@
 //! read = ["persons"]        # collections it may read
 //! write = ["comicbooks"]    # collections it may read and write
 //! ```
+//!
+//! Every call is journaled (see [`crate::platform::journal`]): a record
+//! delivered again reads what its first delivery read and does not write
+//! twice. A document inserted without an `_id` gets one derived from the
+//! call, so an insert repeated after a crash meets a duplicate key and is
+//! answered as done. Every call is bounded in time: a database that does not
+//! answer makes it return `unavailable`.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
 
 use futures::TryStreamExt;
 use mongodb::{
@@ -19,11 +26,16 @@ use serde::{Deserialize, Deserializer};
 use wasmtime::component::{HasSelf, Linker};
 
 use super::Capability;
-use crate::platform::{runtime::bindings::runnel::function::documents as wit, storage};
+use crate::platform::{
+    journal::{Calls, JournalUnavailable},
+    runtime::bindings::runnel::function::documents as wit,
+    storage::{self, ErrorClass},
+};
 
-/// The service: the host's database.
+/// The service: the host's database, and the bound on every call.
 pub struct Documents {
     pub database: Database,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -59,6 +71,8 @@ pub struct State {
     function: Arc<str>,
     grant: Arc<Resolved>,
     database: Database,
+    timeout: Duration,
+    calls: Calls,
 }
 
 impl Capability for Documents {
@@ -70,8 +84,14 @@ impl Capability for Documents {
         Ok(Resolved { read: grant.read.iter().cloned().collect(), write: grant.write.iter().cloned().collect() })
     }
 
-    fn instance(&self, function: &Arc<str>, resolved: &Arc<Resolved>) -> State {
-        State { function: function.clone(), grant: resolved.clone(), database: self.database.clone() }
+    fn instance(&self, function: &Arc<str>, resolved: &Arc<Resolved>, calls: &Calls) -> State {
+        State {
+            function: function.clone(),
+            grant: resolved.clone(),
+            database: self.database.clone(),
+            timeout: self.timeout,
+            calls: calls.clone(),
+        }
     }
 
     fn link<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut State) -> anyhow::Result<()> {
@@ -105,18 +125,30 @@ fn parse_document(what: &str, json: &str) -> Result<Document, wit::DocumentError
     }
 }
 
+/// A database error, by what retrying can fix.
 fn database_error(e: mongodb::error::Error) -> wit::DocumentError {
-    use mongodb::error::ErrorKind;
-    if storage::is_duplicate_key(&e) {
-        return wit::DocumentError::Conflict(e.to_string());
+    match storage::classify(&e) {
+        ErrorClass::Conflict => wit::DocumentError::Conflict(e.to_string()),
+        ErrorClass::Invalid => wit::DocumentError::Invalid(e.to_string()),
+        ErrorClass::Unavailable => wit::DocumentError::Unavailable(e.to_string()),
     }
-    match e.kind.as_ref() {
-        // The server refused what was asked: retrying will not help.
-        ErrorKind::Command(_) | ErrorKind::Write(_) | ErrorKind::InvalidArgument { .. } => {
-            wit::DocumentError::Invalid(e.to_string())
-        }
-        _ => wit::DocumentError::Unavailable(e.to_string()),
-    }
+}
+
+fn journal_error(e: JournalUnavailable) -> wit::DocumentError {
+    wit::DocumentError::Unavailable(e.to_string())
+}
+
+/// Whether a result is journaled: all but a database that was unavailable,
+/// so that a later delivery tries again.
+fn keep<T>(result: &Result<T, wit::DocumentError>) -> bool {
+    !matches!(result, Err(wit::DocumentError::Unavailable(_)))
+}
+
+/// Runs a database operation within `timeout`.
+async fn bounded<T>(timeout: Duration, op: impl Future<Output = Result<T, wit::DocumentError>>) -> Result<T, wit::DocumentError> {
+    tokio::time::timeout(timeout, op).await.unwrap_or_else(|_| {
+        Err(wit::DocumentError::Unavailable(format!("the database did not answer within {timeout:?}")))
+    })
 }
 
 impl wit::Host for State {
@@ -124,25 +156,53 @@ impl wit::Host for State {
         let target = self.collection(&collection, true)?;
         let mut doc = parse_document("document", &document)?;
         // String ids only: the API addresses documents by them.
-        let id = match doc.get("_id") {
-            Some(Bson::String(id)) if !id.is_empty() => id.clone(),
+        let given = match doc.get("_id") {
+            Some(Bson::String(id)) if !id.is_empty() => Some(id.clone()),
             Some(_) => return Err(wit::DocumentError::Invalid("`_id` must be a non-empty string".into())),
-            None => {
-                let id = uuid::Uuid::new_v4().to_string();
-                doc.insert("_id", id.clone());
-                id
-            }
+            None => None,
         };
-        target.insert_one(doc).await.map_err(database_error)?;
-        Ok(id)
+        let timeout = self.timeout;
+        let args = (&collection, &document);
+        self.calls
+            .run("documents.insert-one", true, &args, keep, |call| async move {
+                let id = match given {
+                    Some(id) => id,
+                    None => {
+                        let id = call.uuid().to_string();
+                        doc.insert("_id", id.clone());
+                        // Derived from the call: a duplicate key means an
+                        // earlier delivery inserted it.
+                        return bounded(timeout, async {
+                            match target.insert_one(doc).await {
+                                Ok(_) => Ok(id),
+                                Err(e) if call.hex().is_some() && storage::is_duplicate_key(&e) => Ok(id),
+                                Err(e) => Err(database_error(e)),
+                            }
+                        })
+                        .await;
+                    }
+                };
+                bounded(timeout, async { target.insert_one(doc).await.map(|_| id).map_err(database_error) }).await
+            })
+            .await
+            .unwrap_or_else(|e| Err(journal_error(e)))
     }
 
     async fn find(&mut self, collection: String, filter: String, limit: u32) -> Result<Vec<String>, wit::DocumentError> {
         let target = self.collection(&collection, false)?;
-        let filter = parse_document("filter", &filter)?;
-        let cursor = target.find(filter).limit(i64::from(limit.clamp(1, 1000))).await.map_err(database_error)?;
-        let docs: Vec<Document> = cursor.try_collect().await.map_err(database_error)?;
-        Ok(docs.into_iter().map(|d| Bson::Document(d).into_relaxed_extjson().to_string()).collect())
+        let parsed = parse_document("filter", &filter)?;
+        let timeout = self.timeout;
+        self.calls
+            .run("documents.find", false, &(&collection, &filter, limit), keep, |_| {
+                bounded(timeout, async move {
+                    let cursor =
+                        target.find(parsed).limit(i64::from(limit.clamp(1, 1000))).await.map_err(database_error)?;
+                    let docs: Vec<Document> = cursor.try_collect().await.map_err(database_error)?;
+                    Ok(docs.into_iter().map(|d| Bson::Document(d).into_relaxed_extjson().to_string()).collect())
+                })
+            })
+            .await
+            .unwrap_or_else(|e| Err(journal_error(e)))
     }
 
     async fn update_many(
@@ -153,12 +213,23 @@ impl wit::Host for State {
         array_filters: Vec<String>,
     ) -> Result<wit::UpdateResult, wit::DocumentError> {
         let target = self.collection(&collection, true)?;
-        let filter = parse_document("filter", &filter)?;
-        let update = parse_document("update", &update)?;
-        let array_filters =
+        let parsed_filter = parse_document("filter", &filter)?;
+        let parsed_update = parse_document("update", &update)?;
+        let parsed_array_filters =
             array_filters.iter().map(|f| parse_document("array filter", f)).collect::<Result<Vec<_>, _>>()?;
-        let options = UpdateOptions::builder().array_filters((!array_filters.is_empty()).then_some(array_filters)).build();
-        let result = target.update_many(filter, update).with_options(options).await.map_err(database_error)?;
-        Ok(wit::UpdateResult { matched: result.matched_count, modified: result.modified_count })
+        let options = UpdateOptions::builder()
+            .array_filters((!parsed_array_filters.is_empty()).then_some(parsed_array_filters))
+            .build();
+        let timeout = self.timeout;
+        self.calls
+            .run("documents.update-many", true, &(&collection, &filter, &update, &array_filters), keep, |_| {
+                bounded(timeout, async move {
+                    let result =
+                        target.update_many(parsed_filter, parsed_update).with_options(options).await.map_err(database_error)?;
+                    Ok(wit::UpdateResult { matched: result.matched_count, modified: result.modified_count })
+                })
+            })
+            .await
+            .unwrap_or_else(|e| Err(journal_error(e)))
     }
 }

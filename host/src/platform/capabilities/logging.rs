@@ -37,7 +37,7 @@ impl Capability for Logging {
         Ok(())
     }
 
-    fn instance(&self, function: &Arc<str>, _: &Arc<()>) -> State {
+    fn instance(&self, function: &Arc<str>, _: &Arc<()>, _: &crate::platform::journal::Calls) -> State {
         State { function: function.clone(), lines: Vec::new(), dropped: 0 }
     }
 

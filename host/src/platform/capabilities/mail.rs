@@ -5,6 +5,15 @@
 //! [capabilities.mail]
 //! enabled = true
 //! ```
+//!
+//! Every send is journaled (see [`crate::platform::journal`]): a record
+//! delivered again does not mail again. Each message's `Message-ID` is
+//! derived from the record and the call, the same on every delivery, so that
+//! a receiver can drop the duplicate left by the one window the journal
+//! cannot close (the server accepted the message, the host died before
+//! journaling it). A send that gets no answer within the capability timeout
+//! returns `unavailable` (lettre's own timeout does not fire against a
+//! server that accepted the connection and then hung).
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,13 +26,15 @@ use serde::Deserialize;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::Capability;
-use crate::platform::runtime::bindings::runnel::function::mail as wit;
+use crate::platform::{journal::Calls, runtime::bindings::runnel::function::mail as wit};
 
-/// The service: a connection pool to one SMTP relay, and the sender.
+/// The service: a connection pool to one SMTP relay, the sender, and the
+/// bound on one send.
 #[derive(Clone)]
 pub struct Mail {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -42,6 +53,7 @@ pub struct State {
     function: Arc<str>,
     enabled: bool,
     mail: Mail,
+    calls: Calls,
 }
 
 /// Why a message was not sent.
@@ -64,10 +76,18 @@ impl Mail {
             .timeout(Some(Duration::from_secs(10)))
             .build();
         let from = from.parse().with_context(|| format!("RUNNEL_MAIL_FROM: '{from}' is not an e-mail address"))?;
-        Ok(Mail { transport, from })
+        Ok(Mail { transport, from, timeout: Duration::from_secs(10) })
     }
 
-    pub async fn send(&self, to: &[String], subject: &str, body: &str) -> Result<(), MailError> {
+    /// The same relay, with sends bounded by `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends one plain-text message; `id` (hex digits) makes its Message-ID,
+    /// otherwise a random one is made. Gives up after the service's timeout.
+    pub async fn send(&self, to: &[String], subject: &str, body: &str, id: Option<&str>) -> Result<(), MailError> {
         if to.is_empty() {
             return Err(MailError::Invalid("a message needs at least one recipient".into()));
         }
@@ -78,15 +98,18 @@ impl Mail {
                 .map_err(|e| MailError::Invalid(format!("'{address}' is not an e-mail address: {e}")))?;
             builder = builder.to(mailbox);
         }
-        let message =
-            builder.header(ContentType::TEXT_PLAIN).body(body.to_string()).map_err(|e| MailError::Invalid(e.to_string()))?;
-        self.transport.send(message).await.map(drop).map_err(|e| {
-            if e.is_permanent() {
-                MailError::Invalid(format!("the SMTP server refused the message: {e}"))
-            } else {
-                MailError::Unavailable(format!("cannot send mail: {e}"))
-            }
-        })
+        let message_id = id.map(|id| format!("<{id}.runnel@{}>", self.from.email.domain()));
+        let message = builder
+            .message_id(message_id)
+            .header(ContentType::TEXT_PLAIN)
+            .body(body.to_string())
+            .map_err(|e| MailError::Invalid(e.to_string()))?;
+        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.is_permanent() => Err(MailError::Invalid(format!("the SMTP server refused the message: {e}"))),
+            Ok(Err(e)) => Err(MailError::Unavailable(format!("cannot send mail: {e}"))),
+            Err(_) => Err(MailError::Unavailable(format!("the SMTP server did not answer within {:?}", self.timeout))),
+        }
     }
 }
 
@@ -99,8 +122,8 @@ impl Capability for Mail {
         Ok(Resolved { enabled: grant.enabled })
     }
 
-    fn instance(&self, function: &Arc<str>, resolved: &Arc<Resolved>) -> State {
-        State { function: function.clone(), enabled: resolved.enabled, mail: self.clone() }
+    fn instance(&self, function: &Arc<str>, resolved: &Arc<Resolved>, calls: &Calls) -> State {
+        State { function: function.clone(), enabled: resolved.enabled, mail: self.clone(), calls: calls.clone() }
     }
 
     fn link<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut State) -> anyhow::Result<()> {
@@ -115,9 +138,17 @@ impl wit::Host for State {
             tracing::warn!(function = %self.function, "mail refused: not granted");
             return Err(wit::MailError::NotPermitted("mail is not granted to this function".into()));
         }
-        self.mail.send(&message.to, &message.subject, &message.body).await.map_err(|e| match e {
-            MailError::Invalid(m) => wit::MailError::Invalid(m),
-            MailError::Unavailable(m) => wit::MailError::Unavailable(m),
-        })
+        let mail = &self.mail;
+        let keep = |r: &Result<(), wit::MailError>| !matches!(r, Err(wit::MailError::Unavailable(_)));
+        let args = (&message.to, &message.subject, &message.body);
+        self.calls
+            .run("mail.send", true, &args, keep, |call| async move {
+                mail.send(args.0, args.1, args.2, call.hex()).await.map_err(|e| match e {
+                    MailError::Invalid(m) => wit::MailError::Invalid(m),
+                    MailError::Unavailable(m) => wit::MailError::Unavailable(m),
+                })
+            })
+            .await
+            .unwrap_or_else(|e| Err(wit::MailError::Unavailable(e.to_string())))
     }
 }

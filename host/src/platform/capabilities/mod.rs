@@ -24,6 +24,8 @@ use std::{fmt::Debug, sync::Arc};
 
 use anyhow::Context as _;
 use serde::de::DeserializeOwned;
+
+use super::journal::Calls;
 use wasmtime::{StoreLimits, component::Linker};
 
 /// How a capability plugs into the host; see the module documentation.
@@ -39,8 +41,10 @@ pub trait Capability: Send + Sync + 'static {
     /// environment variables it names); the error says what is wrong.
     fn resolve(&self, function: &str, grant: &Self::Grant, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self::Resolved>;
 
-    /// The state of a new instance.
-    fn instance(&self, function: &Arc<str>, resolved: &Arc<Self::Resolved>) -> Self::State;
+    /// The state of a new instance, handling the record whose journal is
+    /// `calls` (a capability whose calls have effects, or whose answers can
+    /// differ between deliveries, runs them through it).
+    fn instance(&self, function: &Arc<str>, resolved: &Arc<Self::Resolved>, calls: &Calls) -> Self::State;
 
     /// Adds the capability's WIT interface to `linker`, reaching its state
     /// through `get`.
@@ -95,9 +99,9 @@ macro_rules! capabilities {
                 })
             }
 
-            /// The state of a new instance of `function`.
-            pub fn instance(&self, function: &Arc<str>, grants: &Grants, limits: StoreLimits) -> InstanceState {
-                InstanceState { $( $name: self.$name.instance(function, &grants.$name), )* limits }
+            /// The state of a new instance of `function`, journaled in `calls`.
+            pub fn instance(&self, function: &Arc<str>, grants: &Grants, limits: StoreLimits, calls: &Calls) -> InstanceState {
+                InstanceState { $( $name: self.$name.instance(function, &grants.$name, calls), )* limits }
             }
         }
 
@@ -119,9 +123,16 @@ capabilities! {
 
 impl Services {
     /// The host's services: the database behind `documents`, the relay
-    /// behind `mail`; the other capabilities need none.
-    pub fn new(database: mongodb::Database, mail: mail::Mail) -> Self {
-        Services { documents: documents::Documents { database }, mail, config: config::Config, logging: logging::Logging, clock: clock::Clock }
+    /// behind `mail`; the other capabilities need none. A call to a service
+    /// that does not answer within `call_timeout` returns `unavailable`.
+    pub fn new(database: mongodb::Database, mail: mail::Mail, call_timeout: std::time::Duration) -> Self {
+        Services {
+            documents: documents::Documents { database, timeout: call_timeout },
+            mail: mail.with_timeout(call_timeout),
+            config: config::Config,
+            logging: logging::Logging,
+            clock: clock::Clock,
+        }
     }
 }
 

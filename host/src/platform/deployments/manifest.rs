@@ -13,6 +13,13 @@
 //! header = { name = "source", value = "api" }
 //! json = { field = "storeStatus", equals = "CLOSED" }
 //!
+//! [trigger.kafka.retry]               # optional; these are the defaults
+//! attempts = 20                       # retry-later answers before dead-lettering…
+//! within = "1h"                       # …or this long after the first try
+//! failures = 3                        # traps and timeouts before dead-lettering
+//! backoff = "100ms"                   # first wait; doubles, with jitter…
+//! max-backoff = "30s"                 # …up to this
+//!
 //! [capabilities.documents]
 //! write = ["store_alerts"]
 //! [capabilities.mail]
@@ -55,6 +62,64 @@ pub struct KafkaTrigger {
     pub group: Option<String>,
     /// Records that do not match are committed without running the function.
     pub filter: Option<Filter>,
+    /// How long a record is retried before it is dead-lettered.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// The retry budget of one record. Retries while a capability answered
+/// `unavailable` (a service is down) are not counted: a record waits for
+/// the service however long it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RetryPolicy {
+    /// `retry-later` answers before the record is dead-lettered.
+    #[serde(deserialize_with = "at_least_one")]
+    pub attempts: u32,
+    /// Time since the first try after which a `retry-later` dead-letters.
+    #[serde(with = "humantime_serde")]
+    pub within: std::time::Duration,
+    /// Traps and timeouts before the record is dead-lettered.
+    #[serde(deserialize_with = "at_least_one")]
+    pub failures: u32,
+    /// The first wait; each retry doubles it, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff: std::time::Duration,
+    /// The longest wait.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: std::time::Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        use std::time::Duration;
+        RetryPolicy {
+            attempts: 20,
+            within: Duration::from_secs(3600),
+            failures: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (0-based): exponential, capped,
+    /// with "equal jitter" (between half and all of it) so that records
+    /// retried together spread out.
+    pub fn backoff(&self, retry: u32) -> std::time::Duration {
+        let max = self.max_backoff.max(self.backoff);
+        let full = self.backoff.saturating_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX)).min(max);
+        full / 2 + full.mul_f64(fastrand::f64() / 2.0)
+    }
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n == 0 {
+        return Err(D::Error::custom("must be at least 1"));
+    }
+    Ok(n)
 }
 
 /// Which records reach the function. Every condition given must hold.

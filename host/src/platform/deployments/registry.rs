@@ -24,18 +24,36 @@ use serde::Serialize;
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{CounterSnapshot, Deployment, FunctionState, Status};
-use crate::platform::kafka::{EventProducer, dead_letter_topic, ensure_topics, trigger::Trigger};
+use crate::platform::{
+    journal::Journal,
+    kafka::{
+        EventProducer, dead_letter_topic, ensure_topics,
+        replay::{self, ReplayFrom, ReplayReport},
+        trigger::Trigger,
+    },
+};
 
 /// What triggers need from the host.
 #[derive(Clone)]
 pub struct TriggerSettings {
     pub brokers: String,
     pub producer: EventProducer,
+    /// Where functions' capability calls are journaled.
+    pub journal: Journal,
+    /// How long a function's call may run (a revocation waits for it).
+    pub call_deadline: Duration,
     /// How long to wait for the broker when creating topics.
     pub timeout: Duration,
     /// How long a stopping trigger may take to finish its call in flight.
     pub stop_grace: Duration,
 }
+
+/// The first pause before a crashed trigger is started again; it doubles
+/// while the trigger keeps crashing, up to the maximum, and starts over once
+/// a trigger ran for [`CRASH_RESET`].
+const CRASH_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_CRASH_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
+const CRASH_RESET: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What changed on [`Registry::activate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -151,27 +169,66 @@ impl Registry {
         let generation = status.begin();
         let (deployment_tx, deployment_rx) = watch::channel(deployment.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let trigger = Trigger {
-            topic,
-            group: deployment.manifest.group().to_string(),
-            brokers: settings.brokers.clone(),
-            producer: settings.producer.clone(),
-            status: status.clone(),
-            deployment: deployment_rx,
-            stop: stop_rx,
+        let make_trigger = {
+            let (group, brokers, producer, journal) = (
+                deployment.manifest.group().to_string(),
+                settings.brokers.clone(),
+                settings.producer.clone(),
+                settings.journal.clone(),
+            );
+            let (status, call_deadline) = (status.clone(), settings.call_deadline);
+            move || Trigger {
+                topic: topic.clone(),
+                group: group.clone(),
+                brokers: brokers.clone(),
+                producer: producer.clone(),
+                journal: journal.clone(),
+                status: status.clone(),
+                deployment: deployment_rx.clone(),
+                stop: stop_rx.clone(),
+                call_deadline,
+            }
         };
-        let running = trigger.start().with_context(|| format!("cannot start the consumer of '{name}'"))?;
-        let task = tokio::spawn(running);
+        let running = make_trigger().start().with_context(|| format!("cannot start the consumer of '{name}'"))?;
         let watched = status.clone();
         let supervisor = tokio::spawn(async move {
-            let state = match task.await {
-                Ok(state) => state,
-                Err(e) if e.is_panic() => {
-                    let reason = panic_text(e.into_panic());
-                    tracing::error!(function = watched.name(), "the trigger crashed: {reason}");
-                    FunctionState::Failed { reason: format!("the trigger crashed: {reason}") }
-                }
-                Err(_) => FunctionState::Stopped,
+            // A trigger that crashes (a panic: a bug) is started again, after
+            // a pause that grows while it keeps crashing; its state says so
+            // meanwhile. A trigger that ends (stopped, or the function gave
+            // up) is not.
+            let mut task = tokio::spawn(running);
+            let mut pause = CRASH_PAUSE;
+            let state = loop {
+                let started = std::time::Instant::now();
+                let state = match (&mut task).await {
+                    Ok(state) => state,
+                    Err(e) if e.is_panic() => {
+                        let reason = panic_text(e.into_panic());
+                        tracing::error!(function = watched.name(), "the trigger crashed, restarting it in {pause:?}: {reason}");
+                        watched.set_state_of(
+                            generation,
+                            FunctionState::Failed { reason: format!("the trigger crashed (restarting): {reason}") },
+                        );
+                        if started.elapsed() > CRASH_RESET {
+                            pause = CRASH_PAUSE;
+                        }
+                        let mut stop = make_trigger().stop;
+                        tokio::select! {
+                            _ = stop.wait_for(|s| *s) => break FunctionState::Stopped,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(MAX_CRASH_PAUSE);
+                        match make_trigger().start() {
+                            Ok(running) => {
+                                task = tokio::spawn(running);
+                                continue;
+                            }
+                            Err(e) => break FunctionState::Failed { reason: format!("cannot restart the consumer: {e:#}") },
+                        }
+                    }
+                    Err(_) => FunctionState::Stopped,
+                };
+                break state;
             };
             watched.set_state_of(generation, state);
         });
@@ -210,6 +267,14 @@ impl Registry {
     /// because the function gave up, runs nothing).
     pub fn running_version(&self, name: &str) -> Option<String> {
         self.slots().get(name).filter(|s| !s.supervisor.is_finished()).map(|s| s.current.version.clone())
+    }
+
+    /// Replays records through `name`'s running version (see
+    /// [`crate::platform::kafka::replay`]); `None` when it runs nothing here.
+    pub async fn replay(&self, name: &str, from: ReplayFrom) -> Option<anyhow::Result<ReplayReport>> {
+        let deployment = self.slots().get(name).filter(|s| !s.supervisor.is_finished()).map(|s| s.current.clone())?;
+        let settings = &self.inner.settings;
+        Some(replay::replay(&deployment, &settings.brokers, &settings.journal, from, settings.timeout).await)
     }
 
     pub fn status(&self, name: &str) -> Option<FunctionStatus> {

@@ -50,6 +50,10 @@ pub struct Counters {
     pub filtered: AtomicU64,
     /// Calls run again (retry-later, or after a failure).
     pub retried: AtomicU64,
+    /// Of those, the ones run again because a service was unavailable.
+    pub waited_for_service: AtomicU64,
+    /// Records whose earlier delivery's calls were answered from the journal.
+    pub replayed: AtomicU64,
     /// Partition assignments and revocations the consumer saw.
     pub assignments: AtomicU64,
     pub revocations: AtomicU64,
@@ -75,6 +79,8 @@ pub struct CounterSnapshot {
     pub failed: u64,
     pub filtered: u64,
     pub retried: u64,
+    pub waited_for_service: u64,
+    pub replayed: u64,
     pub assignments: u64,
     pub revocations: u64,
 }
@@ -148,6 +154,8 @@ impl Status {
             failed: get(&c.failed),
             filtered: get(&c.filtered),
             retried: get(&c.retried),
+            waited_for_service: get(&c.waited_for_service),
+            replayed: get(&c.replayed),
             assignments: get(&c.assignments),
             revocations: get(&c.revocations),
         }

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `runnel_versions` | version | `_id` = the version id, function, manifest text, component digest and size, first deploy time |
 //! | `runnel_chunks` | 255 KiB of a component | `_id` = `<component digest>/<n>`; shared by versions with the same component |
-//! | `runnel_functions` | function | the active version (none once undeployed), a `revision` that grows with every change, and the history of activations |
+//! | `runnel_functions` | function | the active version (none once undeployed), a `revision` that grows with every change, and the history of activations (the last 100) |
 //!
 //! Components are content-addressed, so every write is idempotent: a deploy
 //! interrupted half-way and run again writes the same documents.
@@ -18,6 +18,9 @@ use mongodb::{
     options::{ReturnDocument, UpdateOptions},
 };
 use serde::{Deserialize, Serialize};
+
+/// Activations kept in a function's history, newest last.
+const HISTORY_KEPT: i32 = 100;
 
 const CHUNK_BYTES: usize = 255 * 1024;
 
@@ -158,7 +161,7 @@ impl VersionStore {
         self.functions
             .find_one_and_update(
                 doc! { "_id": function },
-                doc! { "$set": { "active": version }, "$inc": { "revision": 1_i64 }, "$push": { "history": entry } },
+                doc! { "$set": { "active": version }, "$inc": { "revision": 1_i64 }, "$push": { "history": { "$each": [entry], "$slice": -HISTORY_KEPT } } },
             )
             .upsert(true)
             .return_document(ReturnDocument::After)

@@ -1,5 +1,5 @@
-//! Kafka: topic creation, the producer, and the trigger that feeds consumed
-//! records to a deployment.
+//! Kafka: topic creation, the producer, the trigger that feeds consumed
+//! records to a deployment, and replays.
 //!
 //! Built on rdkafka (librdkafka), which also speaks to Kafka-compatible
 //! brokers. The host creates every topic it uses before it produces to or
@@ -7,6 +7,7 @@
 
 mod admin;
 mod producer;
+pub mod replay;
 pub mod trigger;
 
 pub use admin::ensure_topics;

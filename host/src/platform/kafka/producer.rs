@@ -37,9 +37,12 @@ pub struct EventProducer {
 }
 
 impl EventProducer {
-    pub fn new(brokers: &str, delivery_timeout: Duration) -> anyhow::Result<Self> {
+    /// `idempotent`: the broker keeps each record once and in order, however
+    /// often librdkafka retries sending it.
+    pub fn new(brokers: &str, delivery_timeout: Duration, idempotent: bool) -> anyhow::Result<Self> {
         let producer = super::client_config(brokers)
             .set("acks", "all")
+            .set("enable.idempotence", idempotent.to_string())
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .set("linger.ms", "2")
             .create()

@@ -1,48 +1,81 @@
-//! The Kafka trigger of one deployment: a consumer in the function's group
-//! that feeds it records one at a time and commits a record's offset only
-//! once the function is done with it.
+//! The Kafka trigger of one deployment: a consumer in the function's group,
+//! and one worker task per assigned partition that feeds the function that
+//! partition's records in order and stores a record's offset only once the
+//! function is done with it.
 //!
-//! The function it runs is read from a `watch` channel before every record,
-//! so a new version is swapped in between two records: the record in flight
-//! finishes on the old version, the next one runs on the new, and the
-//! consumer (its group membership, its position) is untouched.
+//! The consumer loop never waits for a function: it hands each record to
+//! its partition's worker and goes on polling, so the consumer keeps its
+//! group membership however long a record takes or is retried. A worker
+//! that falls behind (a slow record, a retry waiting out its back-off)
+//! fills its queue, and the loop then *pauses that partition* at the broker
+//! (rdkafka pause/resume) until the worker catches up; the other partitions
+//! keep flowing. Stored offsets are committed in batches (every
+//! [`COMMIT_INTERVAL`]), when partitions are revoked, and when the trigger
+//! stops.
+//!
+//! On a rebalance, a revoked partition's worker finishes the call in flight
+//! (the revocation waits for it, up to the call deadline), then its offsets
+//! are committed and the partition is handed over; records it had queued
+//! are dropped, to be delivered to the new owner. So a record is never run
+//! by two hosts at the same time, and the journal (see
+//! [`crate::platform::journal`]) answers a redelivered record's calls.
+//!
+//! The function each worker runs is read from a `watch` channel before every
+//! record, so a new version is swapped in between two records.
 //!
 //! What happens to a record depends on how the function answered:
-//! - handled: commit;
-//! - filtered out by the manifest's `[trigger.kafka.filter]`: commit, without
-//!   running the function;
-//! - bad input: copy the record to `<topic>.dlq` (headers say why), then commit;
-//! - retry later: run it again after a back-off (up to 30 s), as long as it
-//!   takes (on the newest version each time);
-//! - give up: stop this consumer without committing, so the record is the
-//!   first one seen once another version is deployed (a version deployed
-//!   while that call ran gets the record at once instead);
-//! - trap or timeout: retry a few times, then dead-letter it and go on;
-//! - no instance can be made: stop, as for give up.
+//! - handled: its offset is stored;
+//! - filtered out by the manifest's `[trigger.kafka.filter]`: stored,
+//!   without running the function;
+//! - bad input: copied to `<topic>.dlq` (headers say why), then stored;
+//! - retry later: run again after a back-off with jitter, on the newest
+//!   version, within the manifest's retry budget (`[trigger.kafka.retry]`);
+//!   retries while a capability was unavailable wait for the service and are
+//!   not counted;
+//! - trap or timeout: retried up to the budget's `failures`;
+//! - a spent budget dead-letters the record (with `runnel-attempts`);
+//! - give up, or no instance can be made: the trigger stops without storing
+//!   the record, which is the first one seen once another version is
+//!   deployed (a version deployed while that call ran gets it at once).
 //!
 //! A dead-letter write that fails is retried (with back-off) on its own: the
 //! function is not run again for it.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use rdkafka::{
-    ClientContext, Message as _,
+    ClientContext, Message as _, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::KafkaError,
     message::{BorrowedMessage, Headers},
     types::RDKafkaErrorCode,
 };
-use tokio::sync::watch;
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 
 use super::{Event, EventProducer, dead_letter_topic};
 use crate::platform::{
     deployments::{Deployment, FunctionState, Status},
+    journal::{Journal, KEPT_DEAD_LETTERED, MARK_STEP, RecordKey},
     runtime::{HandlerError, Header, Message, Outcome},
 };
 
-/// How many times a trapping record is tried before it is dead-lettered.
-const MAX_FAILED_ATTEMPTS: u32 = 3;
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often stored offsets are committed.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// Records queued for a partition's worker before the partition is paused.
+const QUEUED_PER_PARTITION: usize = 64;
+/// The longest wait between two tries while a service is unavailable: the
+/// record goes on soon after the service is back.
+const MAX_OUTAGE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Everything a trigger needs, handed over by the registry.
 pub struct Trigger {
@@ -50,21 +83,104 @@ pub struct Trigger {
     pub group: String,
     pub brokers: String,
     pub producer: EventProducer,
+    pub journal: Journal,
     pub status: Arc<Status>,
     /// The version to run; replaced in place by a deploy.
     pub deployment: watch::Receiver<Arc<Deployment>>,
     /// Turns true when the trigger must stop.
     pub stop: watch::Receiver<bool>,
+    /// How long a revocation waits for a call in flight.
+    pub call_deadline: Duration,
 }
 
-/// Counts the consumer's rebalances, so that a swap can be shown to cause none.
+/// One partition's worker, as the consumer's rebalance callback sees it.
+#[derive(Default)]
+struct WorkerFlags {
+    flags: Mutex<Flags>,
+    idle: Condvar,
+}
+
+#[derive(Default)]
+struct Flags {
+    revoked: bool,
+    busy: bool,
+}
+
+impl WorkerFlags {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Flags> {
+        self.flags.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a record, unless the partition was revoked.
+    fn begin(&self) -> bool {
+        let mut flags = self.lock();
+        if flags.revoked {
+            return false;
+        }
+        flags.busy = true;
+        true
+    }
+
+    fn end(&self) {
+        self.lock().busy = false;
+        self.idle.notify_all();
+    }
+
+    fn is_revoked(&self) -> bool {
+        self.lock().revoked
+    }
+
+    /// Takes the partition away: no record starts after this, and it waits
+    /// (up to `limit`) for the one in flight. False when that did not end.
+    fn revoke_and_wait(&self, limit: Duration) -> bool {
+        let mut flags = self.lock();
+        flags.revoked = true;
+        let (flags, timeout) =
+            self.idle.wait_timeout_while(flags, limit, |f| f.busy).unwrap_or_else(|e| e.into_inner());
+        drop(flags);
+        !timeout.timed_out()
+    }
+}
+
+type Workers = Arc<Mutex<HashMap<i32, Arc<WorkerFlags>>>>;
+
+/// Counts the consumer's rebalances (so that a swap or a long retry can be
+/// shown to cause none) and hands revoked partitions over cleanly.
 struct TriggerContext {
     status: Arc<Status>,
+    workers: Workers,
+    call_deadline: Duration,
 }
 
 impl ClientContext for TriggerContext {}
 
 impl ConsumerContext for TriggerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(partitions) = rebalance else { return };
+        let revoked: Vec<Arc<WorkerFlags>> = {
+            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            partitions.elements().iter().filter_map(|p| workers.remove(&p.partition())).collect()
+        };
+        let function = self.status.name();
+        let wait = || {
+            for worker in &revoked {
+                if !worker.revoke_and_wait(self.call_deadline) {
+                    tracing::warn!(function, "a call on a revoked partition did not end in time");
+                }
+            }
+        };
+        // Waiting blocks this thread: let the runtime move its other tasks
+        // (the workers among them) elsewhere first.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(function, "commit on revocation failed (records may be seen again): {e}"),
+        }
+    }
+
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let function = self.status.name();
         match rebalance {
@@ -83,57 +199,152 @@ impl ConsumerContext for TriggerContext {
 
 type TriggerConsumer = StreamConsumer<TriggerContext>;
 
+/// The consumer loop's view of one partition.
+struct Feed {
+    queue: mpsc::Sender<Message>,
+    /// Records fetched while the queue was full; the partition is paused
+    /// while there are any.
+    waiting: VecDeque<Message>,
+    paused: bool,
+    flags: Arc<WorkerFlags>,
+}
+
 impl Trigger {
     /// Creates the consumer and joins the group; the returned future
     /// consumes until told to stop, or the function gives up, and returns
     /// the state it ended in.
     pub fn start(self) -> anyhow::Result<impl Future<Output = FunctionState> + Send + 'static> {
-        let consumer = self.consumer()?;
+        let workers = Workers::default();
+        let consumer = Arc::new(self.consumer(workers.clone())?);
         self.status.set_state(FunctionState::Running);
-        Ok(self.run(consumer))
+        Ok(self.run(consumer, workers))
     }
 
-    async fn run(mut self, consumer: TriggerConsumer) -> FunctionState {
+    async fn run(self, consumer: Arc<TriggerConsumer>, workers: Workers) -> FunctionState {
         let name = self.status.name().to_string();
+        // Tells the workers to stop after their call in flight.
+        let (halt_tx, halt) = watch::channel(false);
+        let (ended_tx, mut ended) = mpsc::unbounded_channel::<FunctionState>();
+        let dirty = Arc::new(AtomicBool::new(false));
+        let mut feeds: HashMap<i32, Feed> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        let mut tick = tokio::time::interval(COMMIT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let mut stop = self.stop.clone();
         let state = loop {
-            let record = tokio::select! {
-                _ = self.stop.wait_for(|stop| *stop) => break FunctionState::Stopped,
-                record = consumer.recv() => record,
-            };
-            let record = match record {
-                Ok(r) => r,
-                Err(e) => {
-                    // librdkafka recovers from broker errors by itself.
-                    tracing::warn!(function = %name, "consumer error: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            match self.process(&record).await {
-                Step::Commit => {
-                    // Stored only once handled; librdkafka drops what is
-                    // stored for partitions taken away by a rebalance.
-                    let committed = consumer
-                        .store_offset_from_message(&record)
-                        .and_then(|()| consumer.commit_consumer_state(CommitMode::Async));
-                    if let Err(e) = committed {
-                        tracing::warn!(function = %name, "commit failed (the record may be seen again): {e}");
+            tokio::select! {
+                () = stopped(&mut stop) => break FunctionState::Stopped,
+                Some(state) = ended.recv() => break state,
+                record = consumer.recv() => {
+                    let message = match record {
+                        Ok(record) => to_wit(&record),
+                        Err(e) => {
+                            // librdkafka recovers from broker errors by itself.
+                            tracing::warn!(function = %name, "consumer error: {e}");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    };
+                    let partition = message.partition;
+                    let feed = match feeds.get(&partition) {
+                        Some(feed) if !feed.flags.is_revoked() => feeds.get_mut(&partition),
+                        _ => {
+                            let worker = Worker {
+                                handler: self.handler(),
+                                consumer: consumer.clone(),
+                                halt: halt.clone(),
+                                dirty: dirty.clone(),
+                            };
+                            let flags = Arc::new(WorkerFlags::default());
+                            let (queue, rx) = mpsc::channel(QUEUED_PER_PARTITION);
+                            workers.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, flags.clone());
+                            let ended = ended_tx.clone();
+                            let worker_flags = flags.clone();
+                            tasks.spawn(async move {
+                                if let Some(state) = worker.run(rx, worker_flags).await {
+                                    let _ = ended.send(state);
+                                }
+                            });
+                            // A partition paused before a revocation starts flowing again.
+                            self.pause(&consumer, partition, false);
+                            feeds.insert(partition, Feed { queue, waiting: VecDeque::new(), paused: false, flags });
+                            feeds.get_mut(&partition)
+                        }
+                    };
+                    let Some(feed) = feed else { continue };
+                    if feed.waiting.is_empty() {
+                        match feed.queue.try_send(message) {
+                            Ok(()) => continue,
+                            Err(mpsc::error::TrySendError::Full(message)) => feed.waiting.push_back(message),
+                            // The worker ended (revoked, or stopping): the record is seen again later.
+                            Err(mpsc::error::TrySendError::Closed(_)) => continue,
+                        }
+                    } else {
+                        feed.waiting.push_back(message);
+                    }
+                    if !feed.paused {
+                        feed.paused = true;
+                        self.pause(&consumer, partition, true);
                     }
                 }
-                Step::Stop(state) => break state,
+                _ = tick.tick() => {
+                    feeds.retain(|_, feed| !feed.flags.is_revoked());
+                    for (partition, feed) in &mut feeds {
+                        while let Some(message) = feed.waiting.pop_front() {
+                            if let Err(e) = feed.queue.try_send(message) {
+                                if let mpsc::error::TrySendError::Full(message) = e {
+                                    feed.waiting.push_front(message);
+                                }
+                                break;
+                            }
+                        }
+                        if feed.paused && feed.waiting.is_empty() {
+                            feed.paused = false;
+                            self.pause(&consumer, *partition, false);
+                        }
+                    }
+                    if dirty.swap(false, Ordering::AcqRel) {
+                        commit(&consumer, CommitMode::Async, &name);
+                    }
+                }
             }
         };
-        // Make sure what was handled reached the broker, for the partitions
-        // this consumer still owns.
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(function = %name, "final commit failed (records may be seen again): {e}"),
-        }
+        // The workers finish their calls in flight, then what they handled
+        // is committed (for the partitions this consumer still owns) and the
+        // consumer leaves the group when dropped.
+        let _ = halt_tx.send(true);
+        drop(feeds);
+        while tasks.join_next().await.is_some() {}
+        commit(&consumer, CommitMode::Sync, &name);
         tracing::info!(function = %name, ?state, "trigger stopped");
         state
     }
 
-    fn consumer(&self) -> anyhow::Result<TriggerConsumer> {
+    fn handler(&self) -> Handler {
+        Handler {
+            status: self.status.clone(),
+            producer: self.producer.clone(),
+            journal: self.journal.clone(),
+            deployment: self.deployment.clone(),
+        }
+    }
+
+    /// Pauses (or resumes) fetching `partition`.
+    fn pause(&self, consumer: &TriggerConsumer, partition: i32, pause: bool) {
+        let mut list = TopicPartitionList::new();
+        if list.add_partition_offset(&self.topic, partition, Offset::Invalid).is_err() {
+            return;
+        }
+        let done = if pause { consumer.pause(&list) } else { consumer.resume(&list) };
+        if let Err(e) = done {
+            tracing::debug!(function = self.status.name(), partition, pause, "cannot pause/resume: {e}");
+        } else if pause {
+            tracing::debug!(function = self.status.name(), partition, "partition paused while its worker catches up");
+        }
+    }
+
+    fn consumer(&self, workers: Workers) -> anyhow::Result<TriggerConsumer> {
         let consumer: TriggerConsumer = super::client_config(&self.brokers)
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
@@ -147,11 +358,146 @@ impl Trigger {
             // An idle consumer asks again after at most this long: the bound
             // on how late a new record is seen.
             .set("fetch.wait.max.ms", "100")
-            .create_with_context(TriggerContext { status: self.status.clone() })?;
+            // Bounds what is fetched ahead of a paused partition.
+            .set("queued.max.messages.kbytes", "8192")
+            .create_with_context(TriggerContext {
+                status: self.status.clone(),
+                workers,
+                call_deadline: self.call_deadline,
+            })?;
         consumer.subscribe(&[&self.topic])?;
         Ok(consumer)
     }
+}
 
+fn commit(consumer: &TriggerConsumer, mode: CommitMode, function: &str) {
+    match consumer.commit_consumer_state(mode) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(function, "commit failed (records may be seen again): {e}"),
+    }
+}
+
+/// One partition's worker: runs its records in order.
+struct Worker {
+    handler: Handler,
+    consumer: Arc<TriggerConsumer>,
+    halt: watch::Receiver<bool>,
+    dirty: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Runs records until the queue closes, the trigger halts, or the
+    /// partition is revoked; returns the state to stop in when the function
+    /// cannot go on.
+    async fn run(mut self, mut queue: mpsc::Receiver<Message>, flags: Arc<WorkerFlags>) -> Option<FunctionState> {
+        // Below `reread_below`, a record may have been started by an earlier
+        // owner of the partition: its journal is read. `mark` is how far this
+        // worker raised the partition's mark.
+        let (mut reread_below, mut mark) = (None, None);
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = stopped(&mut self.halt) => return None,
+                message = queue.recv() => message?,
+            };
+            // Outside the call fence: a revocation need not wait for the
+            // journal; a mark raised by a revoked worker only makes the next
+            // owner read more journals.
+            let new_record = self.ensure_mark(&message, &flags, &mut reread_below, &mut mark).await?;
+            if !flags.begin() {
+                return None;
+            }
+            let step = self.handler.process(&message, new_record, &mut self.halt).await;
+            let stopped = match step {
+                Step::Done => {
+                    // Stored only once handled; librdkafka drops what is
+                    // stored for partitions taken away by a rebalance.
+                    // (`rd_kafka_offset_store` stores the offset after the
+                    // record's itself.)
+                    let stored = self.consumer.store_offset(&message.topic, message.partition, message.offset);
+                    match stored {
+                        Ok(()) => self.dirty.store(true, Ordering::Release),
+                        Err(e) => tracing::debug!(
+                            function = self.handler.status.name(), partition = message.partition,
+                            "offset not stored (partition revoked?): {e}"
+                        ),
+                    }
+                    None
+                }
+                Step::Stop(FunctionState::Stopped) => Some(None),
+                Step::Stop(state) => Some(Some(state)),
+            };
+            flags.end();
+            if let Some(state) = stopped {
+                return state;
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// Makes sure the partition's journal mark is past `message`, and says
+    /// whether the record is new (below no earlier owner's mark, so without
+    /// a journal). Waits while the journal is unavailable; `None` when the
+    /// trigger halts or the partition is revoked meanwhile.
+    async fn ensure_mark(
+        &mut self,
+        message: &Message,
+        flags: &WorkerFlags,
+        reread_below: &mut Option<i64>,
+        mark: &mut Option<i64>,
+    ) -> Option<bool> {
+        let journal = self.handler.journal.clone();
+        let function = self.handler.status.name().to_string();
+        let (topic, partition, offset) = (&message.topic, message.partition, message.offset);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let step = async {
+                let below = match *reread_below {
+                    Some(below) => below,
+                    None => *reread_below.insert(journal.mark(&function, topic, partition).await?),
+                };
+                let raised = mark.unwrap_or(below);
+                if offset >= raised {
+                    let to = offset + MARK_STEP;
+                    journal.raise_mark(&function, topic, partition, to).await?;
+                    *mark = Some(to);
+                } else if mark.is_none() {
+                    *mark = Some(raised);
+                }
+                Ok::<_, crate::platform::journal::JournalUnavailable>(offset >= below)
+            };
+            match step.await {
+                Ok(new) => return Some(new),
+                Err(e) => {
+                    self.handler.status.count(|c| &c.waited_for_service);
+                    tracing::warn!(function, partition, offset, ?backoff, "cannot start the record yet: {e}");
+                }
+            }
+            if !wait(&mut self.halt, backoff).await || flags.is_revoked() {
+                return None;
+            }
+            backoff = (backoff * 2).min(MAX_OUTAGE_BACKOFF);
+        }
+    }
+}
+
+/// Runs records through the function: what a worker does with each.
+struct Handler {
+    status: Arc<Status>,
+    producer: EventProducer,
+    journal: Journal,
+    /// The version to run; replaced in place by a deploy.
+    deployment: watch::Receiver<Arc<Deployment>>,
+}
+
+enum Step {
+    /// The record may be committed.
+    Done,
+    Stop(FunctionState),
+}
+
+impl Handler {
     /// The version to run now.
     fn current(&mut self) -> Arc<Deployment> {
         self.deployment.borrow_and_update().clone()
@@ -164,91 +510,163 @@ impl Trigger {
     }
 
     /// Runs one record through the function until it may be committed.
-    async fn process(&mut self, record: &BorrowedMessage<'_>) -> Step {
-        let message = to_wit(record);
+    /// `new_record`: no earlier owner of the partition can have started it.
+    async fn process(&mut self, message: &Message, new_record: bool, halt: &mut watch::Receiver<bool>) -> Step {
         if let Some(filter) = &self.current().manifest.trigger.kafka.filter
-            && !filter.matches(&message)
+            && !filter.matches(message)
         {
             self.status.count(|c| &c.filtered);
-            return Step::Commit;
+            return Step::Done;
         }
-        let mut failures = 0;
-        let mut backoff = Duration::from_millis(100);
+        let name: Arc<str> = Arc::from(self.status.name());
+        let event_id = message
+            .headers
+            .iter()
+            .find(|h| h.key == RecordKey::EVENT_ID_HEADER)
+            .and_then(|h| std::str::from_utf8(&h.value).ok());
+        let key = RecordKey::new(&message.topic, message.partition, message.offset, event_id);
+        // Tries in all, retry-later answers and traps counted against the
+        // budget, waits for a service.
+        let (mut attempts, mut declined, mut failures, mut outages) = (0u32, 0u32, 0u32, 0u32);
+        let mut budget_since: Option<Instant> = None;
         loop {
             let deployment = self.current();
-            let name = self.status.name();
+            let policy = deployment.manifest.trigger.kafka.retry;
             let version = short(&deployment.version);
-            let retry_reason = match deployment.function.handle(&message).await {
+            let offset = message.offset;
+            attempts += 1;
+            // A record's first try needs no journal read when no one can have
+            // started it: new at these coordinates, and not an event that may
+            // have been delivered before elsewhere.
+            let calls = if attempts == 1 && new_record && event_id.is_none() {
+                self.journal.calls_of_new_record(name.clone(), key.clone())
+            } else {
+                self.journal.calls(name.clone(), key.clone())
+            };
+            let outcome = deployment.function.run(message, &calls).await.outcome;
+            let stats = calls.stats().await;
+            if !matches!(outcome, Outcome::Handled) {
+                calls.unhandled(KEPT_DEAD_LETTERED).await;
+            }
+            if stats.replayed > 0 {
+                self.status.count(|c| &c.replayed);
+                tracing::info!(function = %name, offset, replayed = stats.replayed, "calls answered from the journal");
+            }
+            // A service was down: wait for it, however long; the function's
+            // budget is not touched.
+            if stats.unavailable
+                && let Some(reason) = match &outcome {
+                    Outcome::Declined(HandlerError::RetryLater(reason)) => Some(reason.clone()),
+                    Outcome::Failed(error) => Some(format!("{error:#}")),
+                    _ => None,
+                }
+            {
+                outages += 1;
+                budget_since = None;
+                self.status.count(|c| &c.retried);
+                self.status.count(|c| &c.waited_for_service);
+                let backoff = policy.backoff(outages - 1).min(MAX_OUTAGE_BACKOFF);
+                tracing::warn!(function = %name, offset, ?backoff, "a service is unavailable, will retry: {reason}");
+                if !wait(halt, backoff).await {
+                    return Step::Stop(FunctionState::Stopped);
+                }
+                continue;
+            }
+            let backoff = match outcome {
                 Outcome::Handled => {
                     self.status.count(|c| &c.handled);
-                    return Step::Commit;
+                    return Step::Done;
                 }
                 Outcome::Declined(HandlerError::BadInput(reason)) => {
-                    tracing::warn!(function = name, version, offset = message.offset, "bad input: {reason}");
-                    self.status.set_last_error(format!("bad input at offset {}: {reason}", message.offset));
-                    return self.dead_letter_until_done(&message, &reason, &deployment.version).await;
+                    tracing::warn!(function = %name, version, offset, "bad input: {reason}");
+                    self.status.set_last_error(format!("bad input at offset {offset}: {reason}"));
+                    let reason = format!("bad input: {reason}");
+                    return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, halt).await;
                 }
-                Outcome::Declined(HandlerError::RetryLater(reason)) => reason,
                 Outcome::Declined(HandlerError::GiveUp(reason)) => {
-                    tracing::error!(function = name, version, offset = message.offset, "gave up: {reason}");
+                    tracing::error!(function = %name, version, offset, "gave up: {reason}");
                     if self.swapped_meanwhile() {
                         continue;
                     }
                     return Step::Stop(FunctionState::Failed { reason: format!("gave up: {reason}") });
                 }
                 Outcome::NotStarted(e) => {
-                    tracing::error!(function = name, version, "cannot start: {e:#}");
+                    tracing::error!(function = %name, version, "cannot start: {e:#}");
                     if self.swapped_meanwhile() {
                         continue;
                     }
                     return Step::Stop(FunctionState::Failed { reason: format!("{e:#}") });
                 }
+                Outcome::Declined(HandlerError::RetryLater(reason)) => {
+                    declined += 1;
+                    let since = *budget_since.get_or_insert_with(Instant::now);
+                    if declined >= policy.attempts || since.elapsed() >= policy.within {
+                        let reason = format!(
+                            "retry budget spent ({declined} retry-later answers in {:?}): {reason}",
+                            since.elapsed()
+                        );
+                        return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, halt).await;
+                    }
+                    self.status.count(|c| &c.retried);
+                    let backoff = policy.backoff(declined - 1);
+                    tracing::warn!(function = %name, offset, ?backoff, "will retry: {reason}");
+                    backoff
+                }
                 Outcome::Failed(error) => {
                     failures += 1;
                     self.status.count(|c| &c.failed);
                     let reason = format!("{error:#}");
-                    tracing::error!(function = name, version, offset = message.offset, failures, "failed: {reason}");
-                    self.status.set_last_error(format!("failed at offset {}: {reason}", message.offset));
-                    if failures >= MAX_FAILED_ATTEMPTS {
+                    tracing::error!(function = %name, version, offset, failures, "failed: {reason}");
+                    self.status.set_last_error(format!("failed at offset {offset}: {reason}"));
+                    if failures >= policy.failures {
                         let reason = format!("failed {failures} times: {reason}");
-                        return self.dead_letter_until_done(&message, &reason, &deployment.version).await;
+                        return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, halt).await;
                     }
-                    reason
+                    self.status.count(|c| &c.retried);
+                    policy.backoff(failures - 1)
                 }
             };
-            self.status.count(|c| &c.retried);
-            tracing::warn!(function = self.status.name(), offset = message.offset, ?backoff, "will retry: {retry_reason}");
-            tokio::select! {
-                _ = self.stop.wait_for(|stop| *stop) => return Step::Stop(FunctionState::Stopped),
-                _ = tokio::time::sleep(backoff) => {}
+            if !wait(halt, backoff).await {
+                return Step::Stop(FunctionState::Stopped);
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
     /// Dead-letters `message`, retrying with back-off until it is done
-    /// (then the record may be committed) or the trigger is stopped.
-    async fn dead_letter_until_done(&mut self, message: &Message, reason: &str, version: &str) -> Step {
+    /// (then the record may be committed) or the trigger halts.
+    async fn dead_letter_until_done(
+        &self,
+        message: &Message,
+        reason: &str,
+        version: &str,
+        attempts: u32,
+        halt: &mut watch::Receiver<bool>,
+    ) -> Step {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.dead_letter(message, reason, version).await {
-                Ok(()) => return Step::Commit,
+            match self.dead_letter(message, reason, version, attempts).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        function = self.status.name(), version = short(version), partition = message.partition,
+                        offset = message.offset, attempts, "dead-lettered: {reason}"
+                    );
+                    return Step::Done;
+                }
                 Err(e) => tracing::warn!(
                     function = self.status.name(), offset = message.offset, ?backoff,
                     "cannot dead-letter, will retry: {e:#}"
                 ),
             }
-            tokio::select! {
-                _ = self.stop.wait_for(|stop| *stop) => return Step::Stop(FunctionState::Stopped),
-                _ = tokio::time::sleep(backoff) => {}
+            if !wait(halt, backoff).await {
+                return Step::Stop(FunctionState::Stopped);
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 
-    /// Copies `message` to the dead-letter topic; headers name why and the
-    /// `version` that refused it.
-    async fn dead_letter(&self, message: &Message, reason: &str, version: &str) -> anyhow::Result<()> {
+    /// Copies `message` to the dead-letter topic; headers name why, after
+    /// how many tries, and the `version` that refused it.
+    async fn dead_letter(&self, message: &Message, reason: &str, version: &str, attempts: u32) -> anyhow::Result<()> {
         let topic = dead_letter_topic(&message.topic);
         let mut headers: Vec<(&str, Vec<u8>)> =
             message.headers.iter().map(|h| (h.key.as_str(), h.value.clone())).collect();
@@ -258,6 +676,7 @@ impl Trigger {
             ("runnel-function", self.status.name().as_bytes().to_vec()),
             ("runnel-version", version.as_bytes().to_vec()),
             ("runnel-error", reason.as_bytes().to_vec()),
+            ("runnel-attempts", attempts.to_string().into_bytes()),
             ("runnel-source-topic", message.topic.as_bytes().to_vec()),
             ("runnel-source-partition", partition.into_bytes()),
             ("runnel-source-offset", offset.into_bytes()),
@@ -270,17 +689,25 @@ impl Trigger {
     }
 }
 
+/// Resolves once `flag` is true (or its sender is gone).
+async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|stop| *stop).await;
+}
+
+/// Waits `backoff`; false when the trigger halts meanwhile.
+async fn wait(halt: &mut watch::Receiver<bool>, backoff: Duration) -> bool {
+    tokio::select! {
+        () = stopped(halt) => false,
+        _ = tokio::time::sleep(backoff) => true,
+    }
+}
+
 /// The first 12 hex digits of a version id, for log lines.
 fn short(version: &str) -> &str {
     &version[..version.len().min(12)]
 }
 
-enum Step {
-    Commit,
-    Stop(FunctionState),
-}
-
-fn to_wit(record: &BorrowedMessage<'_>) -> Message {
+pub(super) fn to_wit(record: &BorrowedMessage<'_>) -> Message {
     Message {
         topic: record.topic().to_string(),
         partition: record.partition(),

@@ -1,0 +1,514 @@
+//! The journal: what a function's capability calls did while it handled a
+//! record, kept in the database so that the same record delivered again
+//! (after a crash, a rebalance, a retry, a replay, or a duplicate event) gets
+//! the same answers without the calls being done again.
+//!
+//! Every call a capability journals gets a sequence number within the
+//! record's handling: the first call is 0, the next 1, and so on. Before a
+//! call runs, its entry is looked up by the record's key and that number;
+//! when there is one for the same call (`mail.send`, `documents.insert-one`,
+//! …), its result is returned and nothing is done. Otherwise the call runs
+//! and its result is written. So a second delivery takes the path the first
+//! took, whatever the function's code does, as long as it makes the same
+//! calls in the same order; a call that differs (another version deployed
+//! meanwhile) runs for real.
+//!
+//! The window that remains: the effect happened (SMTP accepted, the update
+//! applied), then the host died before the entry was written. That record's
+//! next delivery does the call again. Inserts close that window themselves
+//! (their generated id is derived from the call, so a second insert meets a
+//! duplicate key and is recognized as done); mail carries a `Message-ID`
+//! derived from the call, so that a receiver can drop the duplicate.
+//!
+//! A handling that ends without the record handled (retry-later, a trap)
+//! forgets the reads journaled after its last effect, so that the next try
+//! reads afresh (the clock, a document it waits for), while the reads an
+//! effect depended on stay.
+//!
+//! A record's entries live in one document (`_id`: function and record),
+//! read once per handling (at its first journaled call, by `_id`) and
+//! written once per call. The read is skipped for the first handling of a
+//! record that no one can have started before: each partition has a mark,
+//! raised in steps before a record past it starts, below which records may
+//! have a journal; a worker reads it when it gets the partition.
+//!
+//! A record's document expires (a TTL index on `expireAt`) an hour after it
+//! was last written: long enough for a duplicate of its event to be answered
+//! from it. A try that does not handle the record (retry-later, a trap, a
+//! dead letter) keeps it for a week from then, so that later tries and
+//! replays from the dead-letter topic still find it.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use mongodb::{
+    Collection, Database, IndexModel,
+    bson::{self, Bson, DateTime, Document, doc},
+    options::IndexOptions,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::Mutex;
+
+use super::runtime::sha256_hex;
+
+/// The collection the journal lives in.
+pub const COLLECTION: &str = "runnel_journal";
+/// How far a partition's mark is raised at a time (see [`Journal::mark`]).
+pub const MARK_STEP: i64 = 1000;
+/// How long a record's entries are kept after they were last written, or
+/// after its last try: long enough for a duplicate of its event to arrive
+/// and be answered from them.
+const KEPT: Duration = Duration::from_secs(60 * 60);
+/// How long the entries of a dead-lettered record are kept, for a replay.
+pub const KEPT_DEAD_LETTERED: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The journal of every function on this host.
+#[derive(Clone)]
+pub struct Journal {
+    entries: Collection<Document>,
+    /// Bound on every journal read or write.
+    timeout: Duration,
+}
+
+/// The journal could not be read or written in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the journal is unavailable: {0}")]
+pub struct JournalUnavailable(String);
+
+impl Journal {
+    /// Creates the collection's index.
+    pub async fn open(database: &Database, timeout: Duration) -> anyhow::Result<Self> {
+        let entries = database.collection::<Document>(COLLECTION);
+        // One document per record, found by its `_id`: the only other
+        // index is the one that expires them.
+        let expiry = IndexModel::builder()
+            .keys(doc! { "expireAt": 1 })
+            .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+            .build();
+        entries.create_index(expiry).await?;
+        Ok(Journal { entries, timeout })
+    }
+
+    /// The journal of handling `record` (its key, see [`RecordKey`]) by
+    /// `function`.
+    pub fn calls(&self, function: Arc<str>, record: RecordKey) -> Calls {
+        Calls::new(Some(self.clone()), function, Some(record))
+    }
+
+    /// The journal of handling `record`, known to have no entries (see
+    /// [`Journal::mark`]): its first call does not read the journal.
+    pub fn calls_of_new_record(&self, function: Arc<str>, record: RecordKey) -> Calls {
+        let calls = Calls::new(Some(self.clone()), function, Some(record));
+        if let Ok(mut inner) = calls.inner.try_lock() {
+            inner.loaded = Some(Vec::new());
+        }
+        calls
+    }
+
+    fn mark_id(function: &str, topic: &str, partition: i32) -> String {
+        format!("{function}\u{1f}{topic}/{partition}\u{1f}started-below")
+    }
+
+    fn replayed_id(function: &str, partition: i32, offset: i64) -> String {
+        format!("{function}\u{1f}dead-letter/{partition}/{offset}\u{1f}replayed")
+    }
+
+    /// Whether the dead letter at `partition`/`offset` of `function`'s
+    /// dead-letter topic was replayed and handled before.
+    pub async fn replayed_before(&self, function: &str, partition: i32, offset: i64) -> Result<bool, JournalUnavailable> {
+        let find = self.entries.find_one(doc! { "_id": Self::replayed_id(function, partition, offset) });
+        Ok(bounded(self.timeout, find.into_future()).await?.is_some())
+    }
+
+    /// Remembers that the dead letter at `partition`/`offset` was replayed
+    /// and handled (for as long as unhandled records' journals are kept).
+    pub async fn mark_replayed(&self, function: &str, partition: i32, offset: i64) -> Result<(), JournalUnavailable> {
+        let expire_at = DateTime::from_system_time(std::time::SystemTime::now() + KEPT_DEAD_LETTERED);
+        let mark = self
+            .entries
+            .update_one(
+                doc! { "_id": Self::replayed_id(function, partition, offset) },
+                doc! { "$set": { "function": function, "replayedAt": DateTime::now(), "expireAt": expire_at } },
+            )
+            .upsert(true);
+        bounded(self.timeout, mark.into_future()).await.map(drop)
+    }
+
+    /// The offset of `topic`/`partition` from which `function` never
+    /// started a record: records from there on have no journal, and their
+    /// first handling need not read it. Raised (with [`Journal::raise_mark`])
+    /// before a record past it is started, in steps, so that it costs one
+    /// write per [`MARK_STEP`] records.
+    pub async fn mark(&self, function: &str, topic: &str, partition: i32) -> Result<i64, JournalUnavailable> {
+        let find = self.entries.find_one(doc! { "_id": Self::mark_id(function, topic, partition) });
+        let found = bounded(self.timeout, find.into_future()).await?;
+        Ok(found.and_then(|d| d.get_i64("below").ok()).unwrap_or(0))
+    }
+
+    /// Raises the mark of `topic`/`partition` to at least `below`.
+    pub async fn raise_mark(&self, function: &str, topic: &str, partition: i32, below: i64) -> Result<(), JournalUnavailable> {
+        let raise = self
+            .entries
+            .update_one(doc! { "_id": Self::mark_id(function, topic, partition) }, doc! { "$max": { "below": below } })
+            .upsert(true);
+        bounded(self.timeout, raise.into_future()).await.map(drop)
+    }
+
+    /// The `_id` of the journal document of `record` handled by `function`.
+    fn id(function: &str, record: &str) -> String {
+        format!("{function}\u{1f}{record}")
+    }
+
+    async fn load(&self, function: &str, record: &str) -> Result<Vec<Entry>, JournalUnavailable> {
+        let find = self.entries.find_one(doc! { "_id": Self::id(function, record) }).projection(doc! { "calls": 1 });
+        let Some(found) = bounded(self.timeout, find.into_future()).await? else { return Ok(Vec::new()) };
+        let Ok(calls) = found.get_document("calls") else { return Ok(Vec::new()) };
+        let mut entries: Vec<Entry> = calls
+            .iter()
+            .filter_map(|(seq, entry)| {
+                let entry = entry.as_document()?;
+                Some(Entry {
+                    seq: seq.parse().ok()?,
+                    effect: entry.get_bool("effect").unwrap_or(true),
+                    call: entry.get_str("call").ok()?.to_string(),
+                    args: entry.get_str("args").ok()?.to_string(),
+                    result: entry.get("result")?.clone(),
+                })
+            })
+            .collect();
+        entries.sort_by_key(|e| e.seq);
+        Ok(entries)
+    }
+
+    /// Writes `entry` into the record's document: made by its first entry
+    /// (`first`: the record has no document yet, so a plain insert), an
+    /// entry of a call that differed is overwritten.
+    async fn write(&self, function: &str, record: &RecordKey, entry: &Entry, first: bool) -> Result<(), JournalUnavailable> {
+        let expire_at = DateTime::from_system_time(std::time::SystemTime::now() + KEPT);
+        let call = doc! {
+            "call": &entry.call,
+            "effect": entry.effect,
+            "args": &entry.args,
+            "result": entry.result.clone(),
+            "at": DateTime::now(),
+        };
+        let id = Self::id(function, &record.id);
+        if first {
+            let document = doc! {
+                "_id": &id,
+                "function": function,
+                "record": &record.id,
+                "topic": &record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "calls": { entry.seq.to_string(): call.clone() },
+                "expireAt": expire_at,
+            };
+            match bounded(self.timeout, self.entries.insert_one(document).into_future()).await {
+                Ok(_) => return Ok(()),
+                // Someone wrote it meanwhile: update it below.
+                Err(JournalUnavailable(e)) if e.contains("E11000") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let update = doc! {
+            "$set": { format!("calls.{}", entry.seq): call, "expireAt": expire_at },
+            "$setOnInsert": {
+                "function": function,
+                "record": &record.id,
+                "topic": &record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+            },
+        };
+        let write = self.entries.update_one(doc! { "_id": id }, update).upsert(true);
+        bounded(self.timeout, write.into_future()).await.map(drop)
+    }
+
+    /// After a try that did not handle the record: removes the entries
+    /// `forget` and keeps the rest for `keep` from now.
+    async fn unhandled(&self, function: &str, record: &str, forget: &[u32], keep: Duration) -> Result<(), JournalUnavailable> {
+        let expire_at = DateTime::from_system_time(std::time::SystemTime::now() + keep);
+        let mut update = doc! { "$set": { "expireAt": expire_at } };
+        if !forget.is_empty() {
+            let unset: Document = forget.iter().map(|seq| (format!("calls.{seq}"), Bson::String(String::new()))).collect();
+            update.insert("$unset", unset);
+        }
+        let write = self.entries.update_one(doc! { "_id": Self::id(function, record) }, update);
+        bounded(self.timeout, write.into_future()).await.map(drop)
+    }
+
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    op: impl Future<Output = mongodb::error::Result<T>>,
+) -> Result<T, JournalUnavailable> {
+    match tokio::time::timeout(timeout, op).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(JournalUnavailable(e.to_string())),
+        Err(_) => Err(JournalUnavailable(format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// Which record a function is handling, as the journal knows it.
+#[derive(Debug, Clone)]
+pub struct RecordKey {
+    /// The record's identity: the event id the producer gave it
+    /// (`runnel-event-id`), so that a duplicate of an event is the same
+    /// record; otherwise its topic, partition and offset.
+    pub id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl RecordKey {
+    /// The header that names an event, whoever published it twice.
+    pub const EVENT_ID_HEADER: &'static str = "runnel-event-id";
+
+    pub fn new(topic: &str, partition: i32, offset: i64, event_id: Option<&str>) -> Self {
+        let id = match event_id {
+            Some(event) if !event.is_empty() => format!("event:{event}"),
+            _ => format!("{topic}/{partition}/{offset}"),
+        };
+        RecordKey { id, topic: topic.to_string(), partition, offset }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    seq: u32,
+    /// Whether the call changed something (a write, a mail), or only read.
+    effect: bool,
+    call: String,
+    /// The SHA-256 of the call's arguments: a replayed call whose arguments
+    /// differ is logged.
+    args: String,
+    result: Bson,
+}
+
+/// The journal of one handling of one record, shared by the capabilities of
+/// its instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Calls {
+    inner: Arc<Mutex<CallsInner>>,
+    function: Arc<str>,
+    record: Option<RecordKey>,
+}
+
+struct CallsInner {
+    journal: Option<Journal>,
+    /// Entries of earlier deliveries; read at the first journaled call.
+    loaded: Option<Vec<Entry>>,
+    next_seq: u32,
+    /// The last call with an effect, journaled now or before.
+    last_effect: Option<u32>,
+    /// The calls journaled by this handling.
+    written: Vec<u32>,
+    stats: CallStats,
+}
+
+/// What happened to the journaled calls of one handling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Calls answered from the journal.
+    pub replayed: u32,
+    /// Calls done and journaled.
+    pub journaled: u32,
+    /// Whether a capability answered `unavailable` (or could not be
+    /// journaled): the function's retry then waits for a service, and is
+    /// not held against it.
+    pub unavailable: bool,
+}
+
+impl Calls {
+    fn new(journal: Option<Journal>, function: Arc<str>, record: Option<RecordKey>) -> Self {
+        let journal = if record.is_some() { journal } else { None };
+        Calls {
+            inner: Arc::new(Mutex::new(CallsInner {
+                journal,
+                loaded: None,
+                next_seq: 0,
+                last_effect: None,
+                written: Vec::new(),
+                stats: CallStats::default(),
+            })),
+            function,
+            record,
+        }
+    }
+
+    /// Calls that are not journaled: for running a function by hand
+    /// (`runnel invoke`, tests), where no record is delivered twice.
+    pub fn unjournaled(function: Arc<str>) -> Self {
+        Calls::new(None, function, None)
+    }
+
+    /// The record's key, when journaled.
+    pub fn record(&self) -> Option<&RecordKey> {
+        self.record.as_ref()
+    }
+
+    pub async fn stats(&self) -> CallStats {
+        self.inner.lock().await.stats
+    }
+
+    /// Notes that a service did not answer, without a journaled call.
+    pub async fn note_unavailable(&self) {
+        self.inner.lock().await.stats.unavailable = true;
+    }
+
+    /// After a try that ended without the record handled (retry-later, a
+    /// trap, a dead letter): forgets the reads journaled after the last
+    /// effect, so that the next try reads afresh (the clock, documents that
+    /// may have changed) while the reads an effect depended on stay, and
+    /// keeps the record's entries for `keep` from now (the record may be
+    /// tried again, or replayed, long after they were written).
+    pub async fn unhandled(&self, keep: Duration) {
+        let mut inner = self.inner.lock().await;
+        let (Some(journal), Some(record)) = (inner.journal.clone(), self.record.as_ref()) else { return };
+        let after = |seq: u32| inner.last_effect.is_none_or(|last| seq > last);
+        let mut forget: Vec<u32> = inner.written.iter().copied().filter(|s| after(*s)).collect();
+        if let Some(loaded) = &inner.loaded {
+            forget.extend(loaded.iter().map(|e| e.seq).filter(|s| after(*s)));
+        }
+        let has_entries = !inner.written.is_empty() || inner.loaded.as_ref().is_some_and(|l| !l.is_empty());
+        if !has_entries {
+            return;
+        }
+        if let Err(e) = journal.unhandled(&self.function, &record.id, &forget, keep).await {
+            tracing::debug!(function = %self.function, record = %record.id, "journal of an unhandled try not updated: {e}");
+        }
+        inner.written.retain(|s| !forget.contains(s));
+    }
+
+    /// Runs the call `call` with `args`, or answers it from the journal.
+    /// `effect`: whether the call changes something (else it only reads).
+    ///
+    /// `live` gets the call's id (stable across deliveries of this record:
+    /// for Message-IDs and generated document ids) and does the call.
+    /// Results for which `keep` is false (a service that was unavailable)
+    /// are not journaled, so the next delivery tries again. When the journal
+    /// cannot be read, the call is not done and `Err` says why.
+    pub async fn run<T, F, Fut>(
+        &self,
+        call: &'static str,
+        effect: bool,
+        args: &impl Serialize,
+        keep: fn(&T) -> bool,
+        live: F,
+    ) -> Result<T, JournalUnavailable>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(CallId) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mut inner = self.inner.lock().await;
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let call_id = CallId::new(&self.function, self.record.as_ref(), seq);
+        let (Some(journal), Some(record)) = (inner.journal.clone(), self.record.as_ref()) else {
+            return Ok(live(call_id).await);
+        };
+        let args = sha256_hex(&[&serde_json::to_vec(args).unwrap_or_default()]);
+
+        if inner.loaded.is_none() {
+            match journal.load(&self.function, &record.id).await {
+                Ok(entries) => inner.loaded = Some(entries),
+                Err(e) => {
+                    inner.stats.unavailable = true;
+                    return Err(e);
+                }
+            }
+        }
+        let earlier = inner.loaded.as_ref().and_then(|entries| entries.iter().find(|e| e.seq == seq)).cloned();
+        if let Some(entry) = earlier {
+            if entry.call == call {
+                match bson::from_bson::<T>(entry.result.clone()) {
+                    Ok(result) => {
+                        if entry.args != args {
+                            tracing::info!(
+                                function = %self.function, record = %record.id, seq, call,
+                                "answered from the journal although the arguments differ from the first delivery's"
+                            );
+                        }
+                        inner.stats.replayed += 1;
+                        if entry.effect {
+                            inner.last_effect = Some(seq);
+                        }
+                        return Ok(result);
+                    }
+                    Err(e) => tracing::warn!(
+                        function = %self.function, record = %record.id, seq, call,
+                        "journal entry unreadable, doing the call again: {e}"
+                    ),
+                }
+            } else {
+                tracing::warn!(
+                    function = %self.function, record = %record.id, seq, call, journaled = %entry.call,
+                    "the function makes other calls than on an earlier delivery (another version?): doing this one"
+                );
+            }
+        }
+
+        let result = live(call_id).await;
+        if keep(&result) {
+            let entry = match bson::to_bson(&result) {
+                Ok(result) => Some(Entry { seq, effect, call: call.to_string(), args, result }),
+                Err(e) => {
+                    tracing::warn!(function = %self.function, call, "result not journaled: {e}");
+                    None
+                }
+            };
+            if let Some(entry) = entry {
+                let first = inner.written.is_empty() && inner.loaded.as_ref().is_some_and(Vec::is_empty);
+                match journal.write(&self.function, record, &entry, first).await {
+                    Ok(()) => {
+                        inner.stats.journaled += 1;
+                        inner.written.push(seq);
+                        if effect {
+                            inner.last_effect = Some(seq);
+                        }
+                    }
+                    // The effect happened: answer it. A redelivery of this
+                    // record would do the call again (the documented window).
+                    Err(e) => tracing::warn!(
+                        function = %self.function, record = %record.id, seq, call,
+                        "call done but not journaled (a redelivery would repeat it): {e}"
+                    ),
+                }
+            }
+        } else {
+            inner.stats.unavailable = true;
+        }
+        Ok(result)
+    }
+}
+
+/// A call's identity, the same on every delivery of its record.
+#[derive(Debug, Clone)]
+pub struct CallId {
+    digest: Option<String>,
+}
+
+impl CallId {
+    fn new(function: &str, record: Option<&RecordKey>, seq: u32) -> Self {
+        CallId {
+            digest: record.map(|r| sha256_hex(&[function.as_bytes(), b"\x1f", r.id.as_bytes(), b"\x1f", &seq.to_be_bytes()])),
+        }
+    }
+
+    /// 32 hex digits that identify the call, when it belongs to a record.
+    pub fn hex(&self) -> Option<&str> {
+        self.digest.as_deref().map(|d| &d[..32])
+    }
+
+    /// A UUID derived from the call (random when the call belongs to no
+    /// record): ids generated for a record are the same on every delivery.
+    pub fn uuid(&self) -> uuid::Uuid {
+        match self.hex().and_then(|h| u128::from_str_radix(h, 16).ok()) {
+            Some(n) => uuid::Uuid::new_v8(n.to_be_bytes()),
+            None => uuid::Uuid::new_v4(),
+        }
+    }
+}

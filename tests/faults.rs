@@ -1,0 +1,244 @@
+//! Fault tests: the store-alerts flow on servers of the test's own, which it
+//! hangs (SIGSTOP/SIGCONT), kills and restarts while records flow. Nothing
+//! may be lost, doubled, or dead-lettered.
+//!
+//! `RUNNEL_FAULT_HANG_SECS` (a list, default `20,100`) sets how long each
+//! service is hung.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{Host, OwnServers, Servers, eventually, mails_starting, signal};
+
+const SHIPPED_MANIFEST: &str = include_str!("../functions/store-alert-to-email/runnel.toml");
+
+fn hang_secs() -> Vec<u64> {
+    std::env::var("RUNNEL_FAULT_HANG_SECS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![20, 100])
+}
+
+/// A host running `store-alert-to-email` (as shipped) on `servers`.
+async fn alerts_host(servers: &Servers, database: &str) -> Host {
+    let host = Host::start_on(servers, database, &[("ALERT_DISTRIBUTION_LIST", "ops@example.com")]).await;
+    let (status, body) =
+        host.deploy("store-alert-to-email", SHIPPED_MANIFEST, &support::function("store-alert-to-email")).await;
+    assert!(status.is_success(), "{status} {body}");
+    host
+}
+
+async fn create_store(host: &Host, name: &str) -> String {
+    let store = host.create("/api/stores", json!({ "name": name, "address": "1 Main Street" })).await;
+    store["id"].as_str().unwrap().to_string()
+}
+
+/// Renames store `id` to `name` (each update is its own alert and subject).
+async fn rename(host: &Host, id: &str, name: &str) -> StatusCode {
+    let body = json!({ "name": name, "address": "1 Main Street", "status": "CLOSED" });
+    host.send(Method::PUT, &format!("/api/stores/{id}"), Some(&body)).await.0
+}
+
+async fn alerts_starting(servers: &Servers, database: &str, prefix: &str) -> Vec<Value> {
+    support::documents(&servers.mongodb_uri, database, "store_alerts")
+        .await
+        .into_iter()
+        .filter(|a| a["storeName"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .collect()
+}
+
+/// Waits for exactly `names` to be alerted and mailed once each, and checks
+/// that nothing more arrives.
+async fn expect_each_once(servers: &Servers, database: &str, prefix: &str, names: &[String], limit: Duration) {
+    eventually(limit, &format!("{} alerts and mails for {prefix}", names.len()), || async {
+        let mails = mails_starting(&servers.maildir, &format!("Store Alert: {prefix}")).len();
+        let alerts = alerts_starting(servers, database, prefix).await.len();
+        (mails >= names.len() && alerts >= names.len()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails = mails_starting(&servers.maildir, &format!("Store Alert: {prefix}"));
+    let mut subjects: Vec<&str> = mails.iter().map(|m| m.subject.as_str()).collect();
+    subjects.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| format!("Store Alert: {n}")).collect();
+    expected.sort();
+    let doubled: Vec<&&str> = subjects.windows(2).filter(|w| w[0] == w[1]).map(|w| &w[0]).collect();
+    assert!(doubled.is_empty(), "mailed twice: {doubled:?}");
+    assert_eq!(subjects, expected, "one mail per update");
+    let alerts = alerts_starting(servers, database, prefix).await;
+    let mut stored: Vec<&str> = alerts.iter().map(|a| a["storeName"].as_str().unwrap()).collect();
+    stored.sort();
+    let mut expected: Vec<&str> = names.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(stored, expected, "one alert per update");
+}
+
+/// The SMTP server hung (20 s, 100 s) and killed-and-restarted, then the
+/// database hung (20 s, 100 s), each while alerts flow: every alert is
+/// stored and mailed once, nothing is dead-lettered, and the waits show as
+/// waits for a service, not failures of the function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_and_restarted_services_lose_and_double_nothing() {
+    let mut own = OwnServers::start().await;
+    let database = format!("faults_{}", uuid::Uuid::new_v4().simple());
+    let host = alerts_host(&own.servers, &database).await;
+    let store = create_store(&host, "Warm-up").await;
+    assert_eq!(rename(&host, &store, "Warm-up 1").await, StatusCode::OK);
+    expect_each_once(&own.servers, &database, "Warm-up 1", &["Warm-up 1".into()], Duration::from_secs(60)).await;
+
+    let smtp_pid = own.smtp.id().unwrap();
+    for secs in hang_secs() {
+        // Updates while the SMTP server hangs: saved, alerted, mailed later.
+        let prefix = format!("Smtp-hung-{secs}s ");
+        let names: Vec<String> = (0..10).map(|i| format!("{prefix}{i}")).collect();
+        signal(smtp_pid, "STOP");
+        let hung = Instant::now();
+        for name in &names {
+            assert_eq!(rename(&host, &store, name).await, StatusCode::OK);
+        }
+        tokio::time::sleep(Duration::from_secs(secs).saturating_sub(hung.elapsed())).await;
+        signal(smtp_pid, "CONT");
+        expect_each_once(&own.servers, &database, &prefix, &names, Duration::from_secs(120)).await;
+        println!("SMTP hung {secs} s: {} alerts and mails, once each", names.len());
+    }
+
+    // Killed and restarted.
+    let prefix = "Smtp-restarted ";
+    let names: Vec<String> = (0..10).map(|i| format!("{prefix}{i}")).collect();
+    own.smtp.kill().await.unwrap();
+    for name in &names {
+        assert_eq!(rename(&host, &store, name).await, StatusCode::OK);
+    }
+    own.restart_smtp(Duration::from_secs(5)).await;
+    expect_each_once(&own.servers, &database, prefix, &names, Duration::from_secs(120)).await;
+
+    // The database hung: the API cannot save, so the events are produced
+    // straight to the topic, as another service would.
+    let db_pid = own.database.id().unwrap();
+    for secs in hang_secs() {
+        let prefix = format!("Db-hung-{secs}s ");
+        let names: Vec<String> = (0..10).map(|i| format!("{prefix}{i}")).collect();
+        signal(db_pid, "STOP");
+        let hung = Instant::now();
+        for name in &names {
+            let event = serde_json::to_vec(&json!({ "storeName": name, "storeStatus": "CLOSED" })).unwrap();
+            support::produce(&own.servers.kafka_brokers, "store-alerts-topic", None, &store, &event, &[]).await;
+        }
+        tokio::time::sleep(Duration::from_secs(secs).saturating_sub(hung.elapsed())).await;
+        signal(db_pid, "CONT");
+        expect_each_once(&own.servers, &database, &prefix, &names, Duration::from_secs(120)).await;
+        println!("database hung {secs} s: {} alerts and mails, once each", names.len());
+    }
+
+    let counters = host.counters("store-alert-to-email").await;
+    println!("counters: {counters}");
+    assert_eq!(counters["deadLettered"], 0, "{counters}");
+    assert_eq!(counters["failed"], 0, "an outage is not a failure of the function: {counters}");
+    assert!(counters["waitedForService"].as_u64().unwrap() > 0, "{counters}");
+    let function = host.get_json("/admin/functions/store-alert-to-email").await;
+    assert_eq!(function["state"], "running", "{function}");
+}
+
+/// The broker hung (SIGSTOP) for 30 s while 100 stores are updated through
+/// the API: every PUT answers 2xx, and once the broker is back every update
+/// is alerted and mailed once; no alert is for an update that is not saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_broker_delays_events_but_loses_none() {
+    let own = OwnServers::start().await;
+    let database = format!("faults_{}", uuid::Uuid::new_v4().simple());
+    let host = alerts_host(&own.servers, &database).await;
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            ids.push(create_store(&host, &format!("Broker store {i}")).await);
+        }
+        ids
+    };
+    // The group has joined before the broker hangs.
+    assert_eq!(rename(&host, &ids[0], "Broker warm-up").await, StatusCode::OK);
+    expect_each_once(&own.servers, &database, "Broker warm-up", &["Broker warm-up".into()], Duration::from_secs(60)).await;
+
+    let broker = own.broker.id().unwrap();
+    signal(broker, "STOP");
+    let hung = Instant::now();
+    let prefix = "Broker-hung ";
+    let mut names = Vec::new();
+    for i in 0..100 {
+        let name = format!("{prefix}{i}");
+        let status = rename(&host, &ids[i % ids.len()], &name).await;
+        assert!(status.is_success(), "PUT {i} answered {status} while the broker hung");
+        names.push(name);
+    }
+    let puts = hung.elapsed();
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(hung.elapsed())).await;
+    signal(broker, "CONT");
+    println!("100 PUTs while the broker hung took {} ms", puts.as_millis());
+    expect_each_once(&own.servers, &database, prefix, &names, Duration::from_secs(180)).await;
+    // What is stored is the last update of each store, and it was alerted.
+    for id in &ids {
+        let store = host.get_json(&format!("/api/stores/{id}")).await;
+        let name = store["name"].as_str().unwrap();
+        assert!(names.iter().any(|n| n == name), "{store}");
+    }
+    let counters = host.counters("store-alert-to-email").await;
+    assert_eq!(counters["deadLettered"], 0, "{counters}");
+}
+
+/// kill -9 of the consuming host 10 times while 2,000 store updates flow
+/// through the API of another host that is not killed: exactly 2,000 alerts
+/// and 2,000 mails, none missing, none doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_consuming_host_loses_and_doubles_nothing() {
+    let own = OwnServers::start().await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    // The API host keeps the stores; the consuming host (its own database,
+    // so its own deployments) keeps the alerts.
+    let api = Host::start_on(&own.servers, &format!("faults_api_{run}"), &[]).await;
+    let alerts_db = format!("faults_alerts_{run}");
+    let mut consumer = alerts_host(&own.servers, &alerts_db).await;
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            ids.push(create_store(&api, &format!("Kill store {i}")).await);
+        }
+        ids
+    };
+    let total = 2000;
+    let prefix = "Kill-";
+    let names: Vec<String> = (0..total).map(|i| format!("{prefix}{i}")).collect();
+    let updates = {
+        let (names, ids) = (names.clone(), ids.clone());
+        let (base, client) = (api.base.clone(), api.client.clone());
+        tokio::spawn(async move {
+            for (i, name) in names.iter().enumerate() {
+                let body = json!({ "name": name, "address": "1 Main Street", "status": "CLOSED" });
+                let url = format!("{base}/api/stores/{}", ids[i % ids.len()]);
+                let status = client.put(url).json(&body).send().await.unwrap().status();
+                assert_eq!(status, StatusCode::OK, "PUT {i}");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    for kill in 1..=10 {
+        tokio::time::sleep(Duration::from_millis(2500 + fastrand_ms(2000))).await;
+        signal(consumer.pid(), "KILL");
+        drop(consumer);
+        consumer = Host::start_on(&own.servers, &alerts_db, &[("ALERT_DISTRIBUTION_LIST", "ops@example.com")]).await;
+        println!("kill {kill} at {:?}", started.elapsed());
+    }
+    updates.await.unwrap();
+    expect_each_once(&own.servers, &alerts_db, prefix, &names, Duration::from_secs(300)).await;
+    println!("{total} updates, 10 kills: {total} alerts and {total} mails in {:?}", started.elapsed());
+    let counters = consumer.counters("store-alert-to-email").await;
+    println!("last consuming host's counters: {counters}");
+    assert_eq!(counters["deadLettered"], 0, "{counters}");
+}
+
+/// Some milliseconds below `max`, from the clock (the tests need no RNG).
+fn fastrand_ms(max: u64) -> u64 {
+    u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()) % max
+}
