@@ -1,11 +1,17 @@
 //! Publishes domain events (JSON, keyed by resource id) for the HTTP API.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use anyhow::Context;
 use rdkafka::{
+    ClientConfig,
+    error::KafkaError,
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer as _},
+    types::RDKafkaErrorCode,
 };
 use serde::Serialize;
 
@@ -30,24 +36,44 @@ impl<'a> Event<'a> {
     }
 }
 
+/// Errors after which an idempotent producer's id and sequence are no good
+/// any more: every later record would fail the same way.
+const PRODUCER_STATE_LOST: &[RDKafkaErrorCode] = &[
+    RDKafkaErrorCode::ProducerFenced,
+    RDKafkaErrorCode::InvalidProducerEpoch,
+    RDKafkaErrorCode::UnknownProducerId,
+    RDKafkaErrorCode::OutOfOrderSequenceNumber,
+    RDKafkaErrorCode::InvalidProducerIdMapping,
+];
+
 /// A shared, cheaply cloned producer that waits for the broker's ack.
+///
+/// An idempotent producer that hits a fatal error (e.g. the broker fenced its
+/// producer id after an outage) can send nothing more: it is replaced by a
+/// new one, and the failed publish is reported so that its caller retries.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    current: Arc<RwLock<FutureProducer>>,
+    config: Arc<ClientConfig>,
 }
 
 impl EventProducer {
     /// `idempotent`: the broker keeps each record once and in order, however
     /// often librdkafka retries sending it.
     pub fn new(brokers: &str, delivery_timeout: Duration, idempotent: bool) -> anyhow::Result<Self> {
-        let producer = super::client_config(brokers)
+        let mut config = super::client_config(brokers);
+        config
             .set("acks", "all")
             .set("enable.idempotence", idempotent.to_string())
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
-            .set("linger.ms", "2")
-            .create()
-            .with_context(|| format!("RUNNEL_KAFKA_BROKERS: cannot create a producer for '{brokers}'"))?;
-        Ok(EventProducer { producer })
+            .set("linger.ms", "2");
+        let producer: FutureProducer =
+            config.create().with_context(|| format!("RUNNEL_KAFKA_BROKERS: cannot create a producer for '{brokers}'"))?;
+        Ok(EventProducer { current: Arc::new(RwLock::new(producer)), config: Arc::new(config) })
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Publishes `event` and waits until the broker has it.
@@ -60,10 +86,33 @@ impl EventProducer {
         if let Some(key) = event.key {
             record = record.key(key);
         }
-        self.producer
-            .send(record, Duration::ZERO)
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("cannot publish to '{}': {e}", event.topic))?;
+        let producer = self.producer();
+        let sent = producer.send(record, Duration::ZERO).await;
+        if let Err((e, _)) = sent {
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                self.replace(&producer, &format!("{code:?}: {reason}"));
+            } else if let KafkaError::MessageProduction(code) = &e
+                && PRODUCER_STATE_LOST.contains(code)
+            {
+                self.replace(&producer, &format!("{code:?}"));
+            }
+            anyhow::bail!("cannot publish to '{}': {e}", event.topic);
+        }
         Ok(())
+    }
+
+    /// Replaces `failed` (unless another publish already did).
+    fn replace(&self, failed: &FutureProducer, reason: &str) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            return;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!("the producer failed for good ({reason}); using a new one");
+                *current = fresh;
+            }
+            Err(e) => tracing::error!("the producer failed for good ({reason}) and cannot be replaced: {e}"),
+        }
     }
 }
