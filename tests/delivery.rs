@@ -256,6 +256,19 @@ async fn a_dead_letter_replayed_after_the_fix_is_handled_once() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("replayed 1 record(s)") && out.contains("answered from the journal"), "{out}");
 
+    // Undeployed, its group's offsets are moved instead; deployed again, it
+    // runs the record again, answered from the journal.
+    let (status, _) = host.send(reqwest::Method::DELETE, &format!("/admin/functions/{name}"), None).await;
+    assert!(status.is_success());
+    let (code, out) = runnel(&host, &["replay", name, "--dlq"]);
+    assert_eq!(code, 1, "dead letters need a running version: {out}");
+    let (code, out) = runnel(&host, &["replay", name, "--from-offset", "0"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("partition 0 at offset 0"), "{out}");
+    deploy(&host, name, &alerts_manifest(name, &topic, name), &support::function("store-alert-to-email")).await;
+    let counters = counter_reaches(&host, name, "replayed", 1, Duration::from_secs(60)).await;
+    assert_eq!(counters["handled"], 1, "{counters}");
+
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(mails_with_subject(&servers.maildir, &subject).len(), 1, "mailed once in all");
     let alerts = support::documents(&servers.mongodb_uri, &host.database, "store_alerts").await;
@@ -268,5 +281,38 @@ async fn a_dead_letter_replayed_after_the_fix_is_handled_once() {
         .await
         .map(|r| (r.status(), ()))
         .unwrap();
-    assert_eq!(status, reqwest::StatusCode::CONFLICT);
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+}
+
+/// SIGTERM while a call is in flight: the host stops fetching, finishes the
+/// call, commits it and leaves the group, and exits 0 within the bound; the
+/// next host goes on after that record (it is not run again), with the
+/// records that were fetched but not started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_call_in_flight_and_commits_it() {
+    let (servers, host, _, topic) = start("sigterm", 1).await;
+    let name = "sigterm";
+    let manifest = format!("name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\n");
+    deploy(&host, name, &manifest, &support::fixture("probe")).await;
+    produce(&servers.kafka_brokers, &topic, None, "warm", b"ok", &[]).await;
+    counter_reaches(&host, name, "handled", 1, Duration::from_secs(60)).await;
+
+    // A call of a few seconds, then three quick records behind it.
+    produce(&servers.kafka_brokers, &topic, None, "slow", b"spin:2000", &[]).await;
+    for _ in 0..3 {
+        produce(&servers.kafka_brokers, &topic, None, "after", b"ok", &[]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let database = host.database.clone();
+    let (status, took) = host.terminate().await;
+    println!("SIGTERM with a call in flight: exited with {status} after {} ms", took.as_millis());
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(40), "the stop took {took:?}");
+
+    let next = Host::start_on(&servers, &database, &[]).await;
+    let counters = counter_reaches(&next, name, "handled", 3, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counters_later = next.counters(name).await;
+    assert_eq!(counters_later["handled"], counters["handled"]);
+    assert_eq!(counters_later["handled"], 3, "the call in flight finished and was committed: {counters_later}");
 }

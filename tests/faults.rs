@@ -246,7 +246,7 @@ async fn killing_the_consuming_host_loses_and_doubles_nothing() {
         println!("kill {kill} at {:?}", started.elapsed());
     }
     updates.await.unwrap();
-    let doubled = expect_each_once(&own.servers, &alerts_db, prefix, &names, Duration::from_secs(300)).await;
+    let doubled = expect_each_once(&own.servers, &alerts_db, prefix, &names, Duration::from_secs(900)).await;
     println!(
         "{total} updates, 10 kills: {total} alerts, {total} distinct mails in {:?}; {doubled} mail(s) sent twice with \
          their twin's Message-ID (killed between the SMTP server's acceptance and the journal write)",

@@ -31,6 +31,21 @@ const OUTBOX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// (or the HTTP server fails), then stops in order.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let database = storage::connect(&config.mongodb_uri, &config.mongodb_database, config.connect_timeout).await?;
+    let client = database.client().clone();
+    let result = serve(config, database, shutdown).await;
+    // The driver's workers end before the runtime does: a task still using
+    // the database then gets an error, not a panic in the driver.
+    if tokio::time::timeout(Duration::from_secs(5), client.shutdown().immediate(true)).await.is_err() {
+        tracing::warn!("the database client did not shut down within 5 s");
+    }
+    result
+}
+
+async fn serve(
+    config: Config,
+    database: mongodb::Database,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let mail = Mail::new(&config.smtp_url, &config.mail_from)?;
     // Dead letters; the outbox's events go through an idempotent producer.
     let producer = EventProducer::new(&config.kafka_brokers, config.connect_timeout, false)?;

@@ -132,6 +132,18 @@ impl Host {
         }
     }
 
+    /// Sends SIGTERM and waits (up to a minute) for the host to exit; its
+    /// exit status and how long it took.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        signal(self.pid(), "TERM");
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the host exits within a minute of SIGTERM")
+            .unwrap();
+        (status, started.elapsed())
+    }
+
     /// The host's process id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("the host is running")

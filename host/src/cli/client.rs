@@ -157,6 +157,11 @@ pub async fn undeploy(host: &HostArgs, name: &str) -> anyhow::Result<ExitCode> {
 
 pub async fn replay(host: &HostArgs, name: &str, body: &Value) -> anyhow::Result<ExitCode> {
     let report = send(host, request(host, reqwest::Method::POST, &format!("/admin/functions/{name}/replay")).json(body)).await?;
+    if let Some(moved) = report["moved"].as_object() {
+        let at: Vec<String> = moved.iter().map(|(p, o)| format!("partition {p} at offset {o}")).collect();
+        println!("{name} is undeployed: its group starts again from {} when it is deployed", at.join(", "));
+        return Ok(ExitCode::SUCCESS);
+    }
     let outcomes: Vec<String> = report["outcomes"]
         .as_object()
         .map(|o| o.iter().map(|(kind, n)| format!("{kind} {n}")).collect())

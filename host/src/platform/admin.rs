@@ -30,7 +30,7 @@ use utoipa::openapi::{
 
 use super::{
     kafka::replay::{ReplayFrom, ReplayReport},
-    deployments::{DeployError, Deployer, FunctionDoc, HistoryEntry, registry::FunctionStatus},
+    deployments::{DeployError, Deployer, FunctionDoc, HistoryEntry, ReplayError, registry::FunctionStatus},
     http::{
         Problem,
         openapi::{Api, Op, schema_ref},
@@ -192,7 +192,8 @@ pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi
         .with_path_parameter("name")
         .json(200, "How many records were replayed, and how they ended", schema_ref("ReplayReport"))
         .problem(400, "A malformed body")
-        .problem(409, "The function runs nothing on this host")
+        .problem(404, "No such function")
+        .problem(409, "The function runs nothing on this host (an undeployed one's group offsets are moved instead, for an offset or a time)")
         .problem(503, "The broker or the database did not answer");
     let time = || {
         ObjectBuilder::new()
@@ -438,18 +439,19 @@ async fn replay_function(
         }
         ReplayRequest::Time { time } => ReplayFrom::Time(time.timestamp_millis()),
     };
-    let registry = state.deployer.registry().clone();
+    let deployer = state.deployer.clone();
     // In a task of its own: a client that hangs up does not stop a replay
     // between a record's run and its being remembered.
-    let replayed = tokio::spawn(async move { registry.replay(&name, from).await.map(|r| (name, r)) })
+    let replayed = tokio::spawn(async move { deployer.replay(&name, from).await })
         .await
         .map_err(|e| Problem::unavailable(format!("the replay was interrupted: {e}")))?;
     match replayed {
-        None => Err(Problem::conflict("the function runs nothing on this host: deploy it (or roll it back) first".to_string())),
-        Some((_, Ok(report))) => Ok(Json(report)),
-        Some((name, Err(e))) => {
-            tracing::warn!(function = %name, "replay failed: {e:#}");
-            Err(Problem::unavailable(format!("the replay stopped: {e:#}")))
+        Ok(report) => Ok(Json(report)),
+        Err(e @ ReplayError::UnknownFunction(_)) => Err(Problem::not_found(e.to_string())),
+        Err(e @ ReplayError::NotRunning(_)) => Err(Problem::conflict(e.to_string())),
+        Err(e @ ReplayError::Failed(_)) => {
+            tracing::warn!("replay: {e}");
+            Err(Problem::unavailable(e.to_string()))
         }
     }
 }

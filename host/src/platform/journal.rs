@@ -20,10 +20,11 @@
 //! duplicate key and is recognized as done); mail carries a `Message-ID`
 //! derived from the call, so that a receiver can drop the duplicate.
 //!
-//! A handling that ends without the record handled (retry-later, a trap)
-//! forgets the reads journaled after its last effect, so that the next try
-//! reads afresh (the clock, a document it waits for), while the reads an
-//! effect depended on stay.
+//! A read (the clock, a find) is written together with the next effect's
+//! entry, which may depend on it; reads after the last effect are not
+//! written at all, so the next try of a record not handled (retry-later, a
+//! trap) reads afresh (the clock, a document it waits for), while the reads
+//! an effect depended on stay.
 //!
 //! A record's entries live in one document (`_id`: function and record),
 //! read once per handling (at its first journaled call, by `_id`) and
@@ -32,11 +33,10 @@
 //! raised in steps before a record past it starts, below which records may
 //! have a journal; a worker reads it when it gets the partition.
 //!
-//! A record's document expires (a TTL index on `expireAt`) an hour after it
-//! was last written: long enough for a duplicate of its event to be answered
-//! from it. A try that does not handle the record (retry-later, a trap, a
-//! dead letter) keeps it for a week from then, so that later tries and
-//! replays from the dead-letter topic still find it.
+//! A record's document expires (a TTL index on `expireAt`) a week after it
+//! was last written or tried, so that later tries and replays from the
+//! dead-letter topic find it; once the record is handled, an hour from then
+//! (long enough for a duplicate of its event to be answered from it).
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -46,7 +46,7 @@ use mongodb::{
     options::IndexOptions,
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 
 use super::runtime::sha256_hex;
 
@@ -54,17 +54,23 @@ use super::runtime::sha256_hex;
 pub const COLLECTION: &str = "runnel_journal";
 /// How far a partition's mark is raised at a time (see [`Journal::mark`]).
 pub const MARK_STEP: i64 = 1000;
-/// How long a record's entries are kept after they were last written, or
-/// after its last try: long enough for a duplicate of its event to arrive
-/// and be answered from them.
-const KEPT: Duration = Duration::from_secs(60 * 60);
-/// How long the entries of a dead-lettered record are kept, for a replay.
+/// How long a handled record's entries are kept: long enough for a
+/// duplicate of its event to arrive and be answered from them.
+const KEPT_HANDLED: Duration = Duration::from_secs(60 * 60);
+/// Handled records' documents are marked in batches of at most this many…
+const HANDLED_BATCH: usize = 256;
+/// …or after this long.
+const HANDLED_FLUSH: Duration = Duration::from_millis(500);
+/// How long the entries of a record not handled yet (in flight, retried,
+/// dead-lettered) are kept: for its next tries, and for a replay.
 pub const KEPT_DEAD_LETTERED: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
-/// The journal of every function on this host.
+/// The journal of every function on this host, and a task that marks the
+/// documents of handled records to expire sooner, in batches.
 #[derive(Clone)]
 pub struct Journal {
     entries: Collection<Document>,
+    handled: mpsc::UnboundedSender<String>,
     /// Bound on every journal read or write.
     timeout: Duration,
 }
@@ -75,7 +81,8 @@ pub struct Journal {
 pub struct JournalUnavailable(String);
 
 impl Journal {
-    /// Creates the collection's index.
+    /// Creates the collection's index and starts the task that marks handled
+    /// records. Must be called within a tokio runtime.
     pub async fn open(database: &Database, timeout: Duration) -> anyhow::Result<Self> {
         let entries = database.collection::<Document>(COLLECTION);
         // One document per record, found by its `_id`: the only other
@@ -85,23 +92,21 @@ impl Journal {
             .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
             .build();
         entries.create_index(expiry).await?;
-        Ok(Journal { entries, timeout })
+        let (handled, rx) = mpsc::unbounded_channel();
+        tokio::spawn(expire_handled(entries.clone(), rx));
+        Ok(Journal { entries, handled, timeout })
     }
 
     /// The journal of handling `record` (its key, see [`RecordKey`]) by
     /// `function`.
     pub fn calls(&self, function: Arc<str>, record: RecordKey) -> Calls {
-        Calls::new(Some(self.clone()), function, Some(record))
+        Calls::new(Some(self.clone()), function, Some(record), false)
     }
 
     /// The journal of handling `record`, known to have no entries (see
     /// [`Journal::mark`]): its first call does not read the journal.
     pub fn calls_of_new_record(&self, function: Arc<str>, record: RecordKey) -> Calls {
-        let calls = Calls::new(Some(self.clone()), function, Some(record));
-        if let Ok(mut inner) = calls.inner.try_lock() {
-            inner.loaded = Some(Vec::new());
-        }
-        calls
+        Calls::new(Some(self.clone()), function, Some(record), true)
     }
 
     fn mark_id(function: &str, topic: &str, partition: i32) -> String {
@@ -182,15 +187,22 @@ impl Journal {
     /// Writes `entry` into the record's document: made by its first entry
     /// (`first`: the record has no document yet, so a plain insert), an
     /// entry of a call that differed is overwritten.
-    async fn write(&self, function: &str, record: &RecordKey, entry: &Entry, first: bool) -> Result<(), JournalUnavailable> {
-        let expire_at = DateTime::from_system_time(std::time::SystemTime::now() + KEPT);
-        let call = doc! {
-            "call": &entry.call,
-            "effect": entry.effect,
-            "args": &entry.args,
-            "result": entry.result.clone(),
-            "at": DateTime::now(),
-        };
+    async fn write(&self, function: &str, record: &RecordKey, entries: &[Entry], first: bool) -> Result<(), JournalUnavailable> {
+        // Kept as long as an unhandled record's: shortened once it is handled.
+        let expire_at = DateTime::from_system_time(std::time::SystemTime::now() + KEPT_DEAD_LETTERED);
+        let calls: Vec<(String, Document)> = entries
+            .iter()
+            .map(|entry| {
+                let call = doc! {
+                    "call": &entry.call,
+                    "effect": entry.effect,
+                    "args": &entry.args,
+                    "result": entry.result.clone(),
+                    "at": DateTime::now(),
+                };
+                (entry.seq.to_string(), call)
+            })
+            .collect();
         let id = Self::id(function, &record.id);
         if first {
             let document = doc! {
@@ -200,7 +212,7 @@ impl Journal {
                 "topic": &record.topic,
                 "partition": record.partition,
                 "offset": record.offset,
-                "calls": { entry.seq.to_string(): call.clone() },
+                "calls": calls.iter().cloned().map(|(seq, call)| (seq, Bson::Document(call))).collect::<Document>(),
                 "expireAt": expire_at,
             };
             match bounded(self.timeout, self.entries.insert_one(document).into_future()).await {
@@ -210,8 +222,10 @@ impl Journal {
                 Err(e) => return Err(e),
             }
         }
+        let mut set: Document = calls.into_iter().map(|(seq, call)| (format!("calls.{seq}"), Bson::Document(call))).collect();
+        set.insert("expireAt", expire_at);
         let update = doc! {
-            "$set": { format!("calls.{}", entry.seq): call, "expireAt": expire_at },
+            "$set": set,
             "$setOnInsert": {
                 "function": function,
                 "record": &record.id,
@@ -247,6 +261,34 @@ async fn bounded<T>(
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(JournalUnavailable(e.to_string())),
         Err(_) => Err(JournalUnavailable(format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// Marks the documents of handled records to expire [`KEPT_HANDLED`] from
+/// now, in batches; one that is not marked (the host stopped first) expires
+/// with the longer retention.
+async fn expire_handled(entries: Collection<Document>, mut rx: mpsc::UnboundedReceiver<String>) {
+    let mut batch: Vec<String> = Vec::new();
+    loop {
+        let next = if batch.is_empty() {
+            match rx.recv().await {
+                Some(id) => Some(id),
+                None => return,
+            }
+        } else {
+            tokio::time::timeout(HANDLED_FLUSH, rx.recv()).await.unwrap_or(None)
+        };
+        if let Some(id) = next {
+            batch.push(id);
+            if batch.len() < HANDLED_BATCH {
+                continue;
+            }
+        }
+        let expire_at = DateTime::from_system_time(std::time::SystemTime::now() + KEPT_HANDLED);
+        let ids: Vec<String> = std::mem::take(&mut batch);
+        if let Err(e) = entries.update_many(doc! { "_id": { "$in": ids } }, doc! { "$set": { "expireAt": expire_at } }).await {
+            tracing::warn!("journal documents of handled records not marked (they expire later): {e}");
+        }
     }
 }
 
@@ -305,6 +347,8 @@ struct CallsInner {
     last_effect: Option<u32>,
     /// The calls journaled by this handling.
     written: Vec<u32>,
+    /// Reads not written yet: they go with the next effect's entry.
+    pending_reads: Vec<Entry>,
     stats: CallStats,
 }
 
@@ -322,15 +366,17 @@ pub struct CallStats {
 }
 
 impl Calls {
-    fn new(journal: Option<Journal>, function: Arc<str>, record: Option<RecordKey>) -> Self {
+    /// `known_new`: the record has no journal yet, so none is read.
+    fn new(journal: Option<Journal>, function: Arc<str>, record: Option<RecordKey>, known_new: bool) -> Self {
         let journal = if record.is_some() { journal } else { None };
         Calls {
             inner: Arc::new(Mutex::new(CallsInner {
                 journal,
-                loaded: None,
+                loaded: known_new.then(Vec::new),
                 next_seq: 0,
                 last_effect: None,
                 written: Vec::new(),
+                pending_reads: Vec::new(),
                 stats: CallStats::default(),
             })),
             function,
@@ -341,7 +387,7 @@ impl Calls {
     /// Calls that are not journaled: for running a function by hand
     /// (`runnel invoke`, tests), where no record is delivered twice.
     pub fn unjournaled(function: Arc<str>) -> Self {
-        Calls::new(None, function, None)
+        Calls::new(None, function, None, false)
     }
 
     /// The record's key, when journaled.
@@ -367,19 +413,31 @@ impl Calls {
     pub async fn unhandled(&self, keep: Duration) {
         let mut inner = self.inner.lock().await;
         let (Some(journal), Some(record)) = (inner.journal.clone(), self.record.as_ref()) else { return };
-        let after = |seq: u32| inner.last_effect.is_none_or(|last| seq > last);
-        let mut forget: Vec<u32> = inner.written.iter().copied().filter(|s| after(*s)).collect();
-        if let Some(loaded) = &inner.loaded {
-            forget.extend(loaded.iter().map(|e| e.seq).filter(|s| after(*s)));
-        }
-        let has_entries = !inner.written.is_empty() || inner.loaded.as_ref().is_some_and(|l| !l.is_empty());
+        let loaded = inner.loaded.clone().unwrap_or_default();
+        let has_entries = !inner.written.is_empty() || !loaded.is_empty();
         if !has_entries {
             return;
         }
+        // The last effect of any try, reached by this one or not; only reads
+        // after it are forgotten, never an effect.
+        let last_effect = loaded.iter().filter(|e| e.effect).map(|e| e.seq).chain(inner.last_effect).max();
+        let after = |seq: u32| last_effect.is_none_or(|last| seq > last);
+        let forget: Vec<u32> = loaded.iter().filter(|e| !e.effect && after(e.seq)).map(|e| e.seq).collect();
         if let Err(e) = journal.unhandled(&self.function, &record.id, &forget, keep).await {
-            tracing::debug!(function = %self.function, record = %record.id, "journal of an unhandled try not updated: {e}");
+            tracing::warn!(function = %self.function, record = %record.id, "journal of an unhandled try not updated: {e}");
         }
-        inner.written.retain(|s| !forget.contains(s));
+        inner.pending_reads.clear();
+    }
+
+    /// Marks the record as handled: its journal expires an hour from now
+    /// (soon after, in a batch).
+    pub async fn handled(&self) {
+        let inner = self.inner.lock().await;
+        let (Some(journal), Some(record)) = (&inner.journal, self.record.as_ref()) else { return };
+        if inner.written.is_empty() && inner.loaded.as_ref().is_none_or(Vec::is_empty) {
+            return;
+        }
+        let _ = journal.handled.send(Journal::id(&self.function, &record.id));
     }
 
     /// Runs the call `call` with `args`, or answers it from the journal.
@@ -461,14 +519,20 @@ impl Calls {
                 }
             };
             if let Some(entry) = entry {
+                if !effect {
+                    // A read is written with the next effect, which may
+                    // depend on it; without one, nothing needs it again.
+                    inner.pending_reads.push(entry);
+                    return Ok(result);
+                }
                 let first = inner.written.is_empty() && inner.loaded.as_ref().is_some_and(Vec::is_empty);
-                match journal.write(&self.function, record, &entry, first).await {
+                let mut entries = std::mem::take(&mut inner.pending_reads);
+                entries.push(entry);
+                match journal.write(&self.function, record, &entries, first).await {
                     Ok(()) => {
-                        inner.stats.journaled += 1;
-                        inner.written.push(seq);
-                        if effect {
-                            inner.last_effect = Some(seq);
-                        }
+                        inner.stats.journaled += entries.len() as u32;
+                        inner.written.extend(entries.iter().map(|e| e.seq));
+                        inner.last_effect = Some(seq);
                     }
                     // The effect happened: answer it. A redelivery of this
                     // record would do the call again (the documented window).

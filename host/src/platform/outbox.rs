@@ -13,9 +13,9 @@
 //! producer, then removes them from the document. It is woken by every
 //! write on this host, and scans the collections every second for events
 //! left by another host or by a crash. A document is claimed with a lease
-//! while its events are published, so that two relays (two hosts) do not
-//! publish the same events; a relay that dies holding one is replaced when
-//! the lease runs out.
+//! (two minutes, for up to five events) while its events are published, so
+//! that two relays (two hosts) do not publish the same events; a relay that
+//! dies holding one is replaced when the lease runs out.
 //!
 //! Each event carries a `runnel-event-id` header. An event is published twice
 //! only when a relay dies (or stalls past its lease) after the broker took
@@ -42,8 +42,11 @@ use super::{
 pub const PENDING: &str = "_outbox";
 /// The field that holds a relay's claim on a document.
 const LEASE: &str = "_outboxLease";
-/// How long a claim lasts: longer than a publish may take.
-const LEASE_TIME: Duration = Duration::from_secs(30);
+/// How long a claim lasts: longer than publishing [`EVENTS_PER_CLAIM`]
+/// events may take (each gets the relay producer's delivery timeout).
+const LEASE_TIME: Duration = Duration::from_secs(120);
+/// Events published under one claim; more are published under the next.
+const EVENTS_PER_CLAIM: usize = 5;
 /// How often every collection is scanned for pending events.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Documents whose events are published at the same time.
@@ -213,7 +216,8 @@ impl Relay {
             };
             let events = claimed.get_array(PENDING).cloned().unwrap_or_default();
             let mut published: Vec<String> = Vec::new();
-            for event in events.iter().filter_map(Bson::as_document) {
+            let claimed_events: Vec<&Document> = events.iter().filter_map(Bson::as_document).take(EVENTS_PER_CLAIM).collect();
+            for event in claimed_events.iter().copied() {
                 let Some(event_id) = event.get_str("id").ok() else { continue };
                 match self.publish(event).await {
                     Ok(()) => published.push(event_id.to_string()),
@@ -223,10 +227,12 @@ impl Relay {
                     }
                 }
             }
-            let all = published.len() == events.len();
+            let all = published.len() == claimed_events.len();
+            // Only this claim is released: after a stall past the lease,
+            // another relay's claim stays.
             let released = documents
                 .update_one(
-                    doc! { "_id": id },
+                    doc! { "_id": id, LEASE: until },
                     doc! { "$pull": { PENDING: { "id": { "$in": &published } } }, "$unset": { LEASE: "" } },
                 )
                 .await;

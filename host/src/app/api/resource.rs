@@ -26,7 +26,10 @@ use utoipa::ToSchema;
 
 use super::{AppState, listing};
 use crate::{
-    app::{domain::FieldError, storage::Repo},
+    app::{
+        domain::FieldError,
+        storage::{Repo, StorageError},
+    },
     platform::{
         http::{
             Problem,
@@ -102,9 +105,25 @@ pub async fn read<R: Resource>(State(state): State<AppState>, Id(id): Id) -> Res
     Ok(Json(doc.into()))
 }
 
+/// How long a DELETE waits for the events of the document's last changes
+/// to be published (the document holds them until then).
+const DELETE_WAITS_FOR_EVENTS: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn delete<R: Resource>(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode, Problem> {
     R::check_delete(&state, &id).await?;
-    if repo::<R>(&state).delete(&id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(not_found::<R>(&id)) }
+    let repo = repo::<R>(&state);
+    let deadline = tokio::time::Instant::now() + DELETE_WAITS_FOR_EVENTS;
+    loop {
+        match repo.delete(&id).await {
+            Ok(true) => return Ok(StatusCode::NO_CONTENT),
+            Ok(false) => return Err(not_found::<R>(&id)),
+            Err(StorageError::EventsPending) if tokio::time::Instant::now() < deadline => {
+                state.outbox.written(R::COLLECTION, &id);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 pub async fn create<W: Writable>(

@@ -30,7 +30,10 @@ pub use registry::{Activation, FunctionStatus, Registry, TriggerSettings};
 pub use status::{CounterSnapshot, FunctionState, Status};
 pub use store::{FunctionDoc, HistoryEntry, VersionDoc, VersionStore};
 
-use crate::platform::runtime::{Function, Runtime, sha256_hex};
+use crate::platform::{
+    kafka::replay::{ReplayFrom, ReplayReport},
+    runtime::{Function, Runtime, sha256_hex},
+};
 
 /// A compiled version, ready to run.
 pub struct Deployment {
@@ -58,6 +61,19 @@ pub enum DeployError {
     /// The database or the broker did not answer.
     #[error("{0:#}")]
     Unavailable(anyhow::Error),
+}
+
+/// Why a replay was refused or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no function '{0}'")]
+    UnknownFunction(String),
+    /// The function is in no state to replay (the reason says why).
+    #[error("{0}")]
+    NotRunning(String),
+    /// The database or the broker did not answer, or a record could not be read.
+    #[error("the replay stopped: {0:#}")]
+    Failed(anyhow::Error),
 }
 
 /// The database did not answer: nothing was changed.
@@ -234,6 +250,36 @@ impl Deployer {
         let function = store.set_active(name, None, "undeploy").await.map_err(unavailable)?;
         self.apply(name, function.revision, None).await;
         Ok(Deployed { name: name.into(), version: None, revision: function.revision, activation: None })
+    }
+
+    /// Replays records for `name` (see [`crate::platform::kafka::replay`]):
+    /// through its running version here, or, for an undeployed function
+    /// and an offset or a time, by moving its group's offsets.
+    pub async fn replay(&self, name: &str, from: ReplayFrom) -> Result<ReplayReport, ReplayError> {
+        if let Some(replayed) = self.inner.registry.replay(name, from).await {
+            return replayed.map_err(ReplayError::Failed);
+        }
+        let store = &self.inner.store;
+        let failed = |e: mongodb::error::Error| ReplayError::Failed(anyhow::Error::new(e).context("database"));
+        let function = store.function(name).await.map_err(failed)?.ok_or_else(|| ReplayError::UnknownFunction(name.into()))?;
+        if function.active.is_some() {
+            return Err(ReplayError::NotRunning(format!(
+                "'{name}' is deployed but runs nothing on this host (see its state): deploy another version or roll it back"
+            )));
+        }
+        if matches!(from, ReplayFrom::DeadLetters { .. }) {
+            return Err(ReplayError::NotRunning(format!(
+                "'{name}' is undeployed: deploy it (or roll it back) to replay its dead letters"
+            )));
+        }
+        let last = function.history.iter().rev().find_map(|h| h.version.clone());
+        let version = match last {
+            Some(v) => store.version(&v).await.map_err(failed)?,
+            None => None,
+        };
+        let version = version.ok_or_else(|| ReplayError::UnknownFunction(name.into()))?;
+        let manifest = Manifest::parse(&version.manifest).map_err(|e| ReplayError::Failed(anyhow::anyhow!("manifest: {e}")))?;
+        self.inner.registry.move_offsets(&manifest, from).await.map_err(ReplayError::Failed)
     }
 
     /// Runs `deployment` (None: nothing) for `name` here, recording the

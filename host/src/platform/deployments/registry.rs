@@ -23,7 +23,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{CounterSnapshot, Deployment, FunctionState, Status};
+use super::{CounterSnapshot, Deployment, FunctionState, Manifest, Status};
 use crate::platform::{
     journal::Journal,
     kafka::{
@@ -275,6 +275,13 @@ impl Registry {
         let deployment = self.slots().get(name).filter(|s| !s.supervisor.is_finished()).map(|s| s.current.clone())?;
         let settings = &self.inner.settings;
         Some(replay::replay(&deployment, &settings.brokers, &settings.journal, from, settings.timeout).await)
+    }
+
+    /// Moves the group offsets of a function that runs nowhere (see
+    /// [`replay::move_offsets`]).
+    pub async fn move_offsets(&self, manifest: &Manifest, from: ReplayFrom) -> anyhow::Result<ReplayReport> {
+        let settings = &self.inner.settings;
+        replay::move_offsets(manifest, &settings.brokers, from, settings.timeout).await
     }
 
     pub fn status(&self, name: &str) -> Option<FunctionStatus> {

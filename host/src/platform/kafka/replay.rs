@@ -15,7 +15,11 @@
 //!
 //! A replayed record is run once; its outcome is counted (and nothing is
 //! dead-lettered again): a record that is still refused can be replayed
-//! again later. The group's offsets are not moved.
+//! again later. A running function's group offsets are not moved.
+//!
+//! An **undeployed** function's group offsets are moved instead
+//! ([`move_offsets`]): it re-runs the topic from that point once it is
+//! deployed again.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -32,7 +36,7 @@ use serde::Serialize;
 
 use super::dead_letter_topic;
 use crate::platform::{
-    deployments::Deployment,
+    deployments::{Deployment, Manifest},
     journal::{Journal, KEPT_DEAD_LETTERED, RecordKey},
     runtime::{Message, Outcome},
 };
@@ -64,6 +68,67 @@ pub struct ReplayReport {
     pub skipped: u64,
     /// Dead letters of other functions, or without their origin, left alone.
     pub ignored: u64,
+    /// For an undeployed function: the offset its group was moved to, by
+    /// partition; it starts there when deployed again.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub moved: BTreeMap<i32, i64>,
+}
+
+/// Moves the committed offsets of `manifest`'s group to `from` (an offset
+/// or a time) in every partition of its topic; for a function that runs
+/// nowhere (committing for a group with members would be overwritten by them).
+pub async fn move_offsets(manifest: &Manifest, brokers: &str, from: ReplayFrom, timeout: Duration) -> anyhow::Result<ReplayReport> {
+    let topic = manifest.trigger.kafka.topic.clone();
+    let consumer: StreamConsumer = super::client_config(brokers)
+        .set("group.id", manifest.group())
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("cannot create a consumer")?;
+    let mut report = ReplayReport { topic: topic.clone(), ..ReplayReport::default() };
+    let partitions = partitions_of(&consumer, &topic, timeout)?;
+    let by_time = match from {
+        ReplayFrom::Time(t) => offsets_at(&consumer, &topic, &partitions, t, timeout)?,
+        ReplayFrom::Offset(_) => HashMap::new(),
+        ReplayFrom::DeadLetters { .. } => bail!("dead letters are replayed through a running version: deploy the function first"),
+    };
+    let mut list = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(&topic, p, timeout).context("cannot read the topic's offsets")?;
+        let to = match (from, by_time.get(&p)) {
+            (ReplayFrom::Offset(n), _) => n.clamp(low, high),
+            (_, Some(Offset::Offset(o))) => (*o).clamp(low, high),
+            _ => high,
+        };
+        list.add_partition_offset(&topic, p, Offset::Offset(to))?;
+        report.moved.insert(p, to);
+    }
+    consumer.commit(&list, rdkafka::consumer::CommitMode::Sync).context("cannot move the group's offsets")?;
+    tracing::info!(function = %manifest.name, group = manifest.group(), moved = ?report.moved, "group offsets moved");
+    Ok(report)
+}
+
+fn partitions_of(consumer: &StreamConsumer, topic: &str, timeout: Duration) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).with_context(|| format!("cannot read the partitions of '{topic}'"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        bail!("the topic '{topic}' has no partitions");
+    }
+    Ok(partitions)
+}
+
+/// The first offset at or after `time_ms`, by partition.
+fn offsets_at(consumer: &StreamConsumer, topic: &str, partitions: &[i32], time_ms: i64, timeout: Duration) -> anyhow::Result<HashMap<i32, Offset>> {
+    let mut list = TopicPartitionList::new();
+    for p in partitions {
+        list.add_partition_offset(topic, *p, Offset::Offset(time_ms))?;
+    }
+    let found = consumer.offsets_for_times(list, timeout).context("cannot find offsets for the time")?;
+    Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
 }
 
 /// Replays `from` through `deployment` (the function's running version).
@@ -89,16 +154,7 @@ pub async fn replay(
         .create()
         .context("cannot create a consumer")?;
 
-    let metadata = consumer.fetch_metadata(Some(&topic), timeout).with_context(|| format!("cannot read the partitions of '{topic}'"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        bail!("the topic '{topic}' has no partitions");
-    }
+    let partitions = partitions_of(&consumer, &topic, timeout)?;
     let mut committed = HashMap::new();
     if !dead_letters {
         let mut list = TopicPartitionList::new();
@@ -117,14 +173,7 @@ pub async fn replay(
         _ => None,
     };
     let by_time = match starting_time {
-        Some(t) => {
-            let mut list = TopicPartitionList::new();
-            for p in &partitions {
-                list.add_partition_offset(&topic, *p, Offset::Offset(t))?;
-            }
-            let found = consumer.offsets_for_times(list, timeout).context("cannot find offsets for the time")?;
-            found.elements().iter().map(|e| (e.partition(), e.offset())).collect::<HashMap<_, _>>()
-        }
+        Some(t) => offsets_at(&consumer, &topic, &partitions, t, timeout)?,
         None => HashMap::new(),
     };
 
@@ -152,10 +201,25 @@ pub async fn replay(
     consumer.assign(&assignment).context("cannot read the topic")?;
 
     while !ranges.is_empty() {
-        let record = tokio::time::timeout(timeout * 3, consumer.recv())
-            .await
-            .map_err(|_| anyhow::anyhow!("the broker sent nothing for {:?}; replayed so far: {report:?}", timeout * 3))?
-            .context("cannot read the topic")?;
+        let record = match tokio::time::timeout(timeout, consumer.recv()).await {
+            Ok(record) => record.context("cannot read the topic")?,
+            Err(_) => {
+                // Nothing more: a range may end in offsets that hold no
+                // record (compacted, transaction markers).
+                let position = consumer.position().context("cannot read the consumer's position")?;
+                for element in position.elements() {
+                    if let (Offset::Offset(at), Some(&(_, end))) = (element.offset(), ranges.get(&element.partition()))
+                        && at >= end
+                    {
+                        ranges.remove(&element.partition());
+                    }
+                }
+                if ranges.is_empty() {
+                    break;
+                }
+                bail!("the broker sent nothing for {timeout:?} before the end; replayed so far: {report:?}");
+            }
+        };
         let (p, offset) = (record.partition(), record.offset());
         let Some(&(_, end)) = ranges.get(&p) else { continue };
         if offset >= end {
@@ -198,6 +262,7 @@ pub async fn replay(
             outcome = outcome.kind(), "replayed"
         );
         if matches!(outcome, Outcome::Handled) {
+            calls.handled().await;
             if let Some((p, offset)) = dead_letter {
                 journal.mark_replayed(&name, p, offset).await?;
             }

@@ -76,6 +76,8 @@ const QUEUED_PER_PARTITION: usize = 64;
 /// The longest wait between two tries while a service is unavailable: the
 /// record goes on soon after the service is back.
 const MAX_OUTAGE_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a worker waiting between two tries looks for a revocation.
+const REVOCATION_CHECK: Duration = Duration::from_millis(100);
 
 /// Everything a trigger needs, handed over by the registry.
 pub struct Trigger {
@@ -130,15 +132,29 @@ impl WorkerFlags {
         self.lock().revoked
     }
 
-    /// Takes the partition away: no record starts after this, and it waits
-    /// (up to `limit`) for the one in flight. False when that did not end.
-    fn revoke_and_wait(&self, limit: Duration) -> bool {
-        let mut flags = self.lock();
-        flags.revoked = true;
-        let (flags, timeout) =
-            self.idle.wait_timeout_while(flags, limit, |f| f.busy).unwrap_or_else(|e| e.into_inner());
+    /// Takes the partition away: no try of a record starts after this.
+    fn revoke(&self) {
+        self.lock().revoked = true;
+    }
+
+    /// Waits until the try in flight (if any) has ended, up to `deadline`.
+    /// False when it did not end in time.
+    fn wait_idle(&self, deadline: Instant) -> bool {
+        let flags = self.lock();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (flags, timeout) = self.idle.wait_timeout_while(flags, left, |f| f.busy).unwrap_or_else(|e| e.into_inner());
         drop(flags);
         !timeout.timed_out()
+    }
+}
+
+/// Ends the worker's try when dropped, also when it panics, so that a
+/// revocation never waits for a try that cannot end.
+struct EndOfTry<'a>(&'a WorkerFlags);
+
+impl Drop for EndOfTry<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -150,6 +166,8 @@ struct TriggerContext {
     status: Arc<Status>,
     workers: Workers,
     call_deadline: Duration,
+    /// Set when an asynchronous commit failed: the next tick commits again.
+    commit_failed: Arc<AtomicBool>,
 }
 
 impl ClientContext for TriggerContext {}
@@ -162,9 +180,15 @@ impl ConsumerContext for TriggerContext {
             partitions.elements().iter().filter_map(|p| workers.remove(&p.partition())).collect()
         };
         let function = self.status.name();
+        // No try starts on any of them from now on; then the tries in flight
+        // end, within one call deadline for all.
+        for worker in &revoked {
+            worker.revoke();
+        }
+        let deadline = Instant::now() + self.call_deadline;
         let wait = || {
             for worker in &revoked {
-                if !worker.revoke_and_wait(self.call_deadline) {
+                if !worker.wait_idle(deadline) {
                     tracing::warn!(function, "a call on a revoked partition did not end in time");
                 }
             }
@@ -181,10 +205,24 @@ impl ConsumerContext for TriggerContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(function = self.status.name(), "commit failed, will commit again: {e}");
+                self.commit_failed.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let function = self.status.name();
         match rebalance {
             Rebalance::Assign(partitions) => {
+                // A partition paused before it was revoked starts afresh.
+                if let Err(e) = consumer.resume(partitions) {
+                    tracing::debug!(function, "cannot resume the assigned partitions: {e}");
+                }
                 self.status.count_assignment();
                 tracing::info!(function, partitions = partitions.count(), "partitions assigned");
             }
@@ -215,12 +253,13 @@ impl Trigger {
     /// the state it ended in.
     pub fn start(self) -> anyhow::Result<impl Future<Output = FunctionState> + Send + 'static> {
         let workers = Workers::default();
-        let consumer = Arc::new(self.consumer(workers.clone())?);
+        let commit_failed = Arc::new(AtomicBool::new(false));
+        let consumer = Arc::new(self.consumer(workers.clone(), commit_failed.clone())?);
         self.status.set_state(FunctionState::Running);
-        Ok(self.run(consumer, workers))
+        Ok(self.run(consumer, workers, commit_failed))
     }
 
-    async fn run(self, consumer: Arc<TriggerConsumer>, workers: Workers) -> FunctionState {
+    async fn run(self, consumer: Arc<TriggerConsumer>, workers: Workers, commit_failed: Arc<AtomicBool>) -> FunctionState {
         let name = self.status.name().to_string();
         // Tells the workers to stop after their call in flight.
         let (halt_tx, halt) = watch::channel(false);
@@ -232,10 +271,21 @@ impl Trigger {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let mut stop = self.stop.clone();
+        // A worker that panicked: the trigger ends the same way, once the
+        // others have stopped, so that its supervisor starts it again.
+        let mut crashed = None;
         let state = loop {
             tokio::select! {
                 () = stopped(&mut stop) => break FunctionState::Stopped,
                 Some(state) = ended.recv() => break state,
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = joined
+                        && e.is_panic()
+                    {
+                        crashed = Some(e.into_panic());
+                        break FunctionState::Stopped;
+                    }
+                }
                 record = consumer.recv() => {
                     let message = match record {
                         Ok(record) => to_wit(&record),
@@ -304,7 +354,7 @@ impl Trigger {
                             self.pause(&consumer, *partition, false);
                         }
                     }
-                    if dirty.swap(false, Ordering::AcqRel) {
+                    if dirty.swap(false, Ordering::AcqRel) | commit_failed.swap(false, Ordering::AcqRel) {
                         commit(&consumer, CommitMode::Async, &name);
                     }
                 }
@@ -317,6 +367,9 @@ impl Trigger {
         drop(feeds);
         while tasks.join_next().await.is_some() {}
         commit(&consumer, CommitMode::Sync, &name);
+        if let Some(panic) = crashed {
+            std::panic::resume_unwind(panic);
+        }
         tracing::info!(function = %name, ?state, "trigger stopped");
         state
     }
@@ -344,7 +397,7 @@ impl Trigger {
         }
     }
 
-    fn consumer(&self, workers: Workers) -> anyhow::Result<TriggerConsumer> {
+    fn consumer(&self, workers: Workers, commit_failed: Arc<AtomicBool>) -> anyhow::Result<TriggerConsumer> {
         let consumer: TriggerConsumer = super::client_config(&self.brokers)
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
@@ -364,6 +417,7 @@ impl Trigger {
                 status: self.status.clone(),
                 workers,
                 call_deadline: self.call_deadline,
+                commit_failed,
             })?;
         consumer.subscribe(&[&self.topic])?;
         Ok(consumer)
@@ -404,16 +458,17 @@ impl Worker {
             // journal; a mark raised by a revoked worker only makes the next
             // owner read more journals.
             let new_record = self.ensure_mark(&message, &flags, &mut reread_below, &mut mark).await?;
-            if !flags.begin() {
+            let mut fence = Fence { flags: &flags, halt: &mut self.halt };
+            if !fence.enter() {
                 return None;
             }
-            let step = self.handler.process(&message, new_record, &mut self.halt).await;
-            let stopped = match step {
+            let _end = EndOfTry(&flags);
+            match self.handler.process(&message, new_record, &mut fence).await {
                 Step::Done => {
-                    // Stored only once handled; librdkafka drops what is
-                    // stored for partitions taken away by a rebalance.
-                    // (`rd_kafka_offset_store` stores the offset after the
-                    // record's itself.)
+                    // Stored only once handled, before the try ends (a
+                    // revocation commits what is stored); librdkafka drops
+                    // what is stored for partitions taken away. (It stores
+                    // the offset after the one given.)
                     let stored = self.consumer.store_offset(&message.topic, message.partition, message.offset);
                     match stored {
                         Ok(()) => self.dirty.store(true, Ordering::Release),
@@ -422,16 +477,52 @@ impl Worker {
                             "offset not stored (partition revoked?): {e}"
                         ),
                     }
-                    None
                 }
-                Step::Stop(FunctionState::Stopped) => Some(None),
-                Step::Stop(state) => Some(Some(state)),
-            };
-            flags.end();
-            if let Some(state) = stopped {
-                return state;
+                Step::Revoked | Step::Stop(FunctionState::Stopped) => return None,
+                Step::Stop(state) => return Some(state),
             }
         }
+    }
+}
+
+/// What a worker's record handling holds: the partition's fence (a try runs
+/// only while the partition is this worker's), and the halt signal.
+struct Fence<'a> {
+    flags: &'a WorkerFlags,
+    halt: &'a mut watch::Receiver<bool>,
+}
+
+/// How a wait between two tries ended.
+enum Waited {
+    Done,
+    Halted,
+    Revoked,
+}
+
+impl Fence<'_> {
+    /// Starts a try; false when the partition was revoked.
+    fn enter(&self) -> bool {
+        self.flags.begin()
+    }
+
+    /// Waits `backoff` between two tries, outside the fence (a revocation
+    /// does not wait for a back-off), then enters it again.
+    async fn wait(&mut self, backoff: Duration) -> Waited {
+        self.flags.end();
+        let deadline = Instant::now() + backoff;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if !wait(self.halt, left.min(REVOCATION_CHECK)).await {
+                return Waited::Halted;
+            }
+            if self.flags.is_revoked() {
+                return Waited::Revoked;
+            }
+        }
+        if self.enter() { Waited::Done } else { Waited::Revoked }
     }
 }
 
@@ -494,6 +585,9 @@ struct Handler {
 enum Step {
     /// The record may be committed.
     Done,
+    /// The partition was taken away between two tries: its next owner has
+    /// the record.
+    Revoked,
     Stop(FunctionState),
 }
 
@@ -511,7 +605,7 @@ impl Handler {
 
     /// Runs one record through the function until it may be committed.
     /// `new_record`: no earlier owner of the partition can have started it.
-    async fn process(&mut self, message: &Message, new_record: bool, halt: &mut watch::Receiver<bool>) -> Step {
+    async fn process(&mut self, message: &Message, new_record: bool, fence: &mut Fence<'_>) -> Step {
         if let Some(filter) = &self.current().manifest.trigger.kafka.filter
             && !filter.matches(message)
         {
@@ -567,13 +661,15 @@ impl Handler {
                 self.status.count(|c| &c.waited_for_service);
                 let backoff = policy.backoff(outages - 1).min(MAX_OUTAGE_BACKOFF);
                 tracing::warn!(function = %name, offset, ?backoff, "a service is unavailable, will retry: {reason}");
-                if !wait(halt, backoff).await {
-                    return Step::Stop(FunctionState::Stopped);
+                match fence.wait(backoff).await {
+                    Waited::Done => continue,
+                    Waited::Halted => return Step::Stop(FunctionState::Stopped),
+                    Waited::Revoked => return Step::Revoked,
                 }
-                continue;
             }
             let backoff = match outcome {
                 Outcome::Handled => {
+                    calls.handled().await;
                     self.status.count(|c| &c.handled);
                     return Step::Done;
                 }
@@ -581,7 +677,7 @@ impl Handler {
                     tracing::warn!(function = %name, version, offset, "bad input: {reason}");
                     self.status.set_last_error(format!("bad input at offset {offset}: {reason}"));
                     let reason = format!("bad input: {reason}");
-                    return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, halt).await;
+                    return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence).await;
                 }
                 Outcome::Declined(HandlerError::GiveUp(reason)) => {
                     tracing::error!(function = %name, version, offset, "gave up: {reason}");
@@ -605,7 +701,7 @@ impl Handler {
                             "retry budget spent ({declined} retry-later answers in {:?}): {reason}",
                             since.elapsed()
                         );
-                        return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, halt).await;
+                        return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence).await;
                     }
                     self.status.count(|c| &c.retried);
                     let backoff = policy.backoff(declined - 1);
@@ -620,14 +716,16 @@ impl Handler {
                     self.status.set_last_error(format!("failed at offset {offset}: {reason}"));
                     if failures >= policy.failures {
                         let reason = format!("failed {failures} times: {reason}");
-                        return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, halt).await;
+                        return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence).await;
                     }
                     self.status.count(|c| &c.retried);
                     policy.backoff(failures - 1)
                 }
             };
-            if !wait(halt, backoff).await {
-                return Step::Stop(FunctionState::Stopped);
+            match fence.wait(backoff).await {
+                Waited::Done => {}
+                Waited::Halted => return Step::Stop(FunctionState::Stopped),
+                Waited::Revoked => return Step::Revoked,
             }
         }
     }
@@ -640,7 +738,7 @@ impl Handler {
         reason: &str,
         version: &str,
         attempts: u32,
-        halt: &mut watch::Receiver<bool>,
+        fence: &mut Fence<'_>,
     ) -> Step {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -657,8 +755,10 @@ impl Handler {
                     "cannot dead-letter, will retry: {e:#}"
                 ),
             }
-            if !wait(halt, backoff).await {
-                return Step::Stop(FunctionState::Stopped);
+            match fence.wait(backoff).await {
+                Waited::Done => {}
+                Waited::Halted => return Step::Stop(FunctionState::Stopped),
+                Waited::Revoked => return Step::Revoked,
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
