@@ -65,7 +65,7 @@ async fn deploy_refuse_rollback_undeploy_over_http() {
     let cases: Vec<(String, Vec<u8>, &str, &[&str])> = vec![
         (good.clone(), b"definitely not wasm".to_vec(), "component", &["not a WebAssembly file"]),
         (good.clone(), b"\0asm\x01\0\0\0".to_vec(), "component", &["core WebAssembly module, not a component"]),
-        (good.clone(), fixture("wasi-importer"), "component", &["wasi:", "Runnel does not give"]),
+        (good.clone(), fixture("keyvalue-importer"), "component", &["wasi:keyvalue/store@0.2.0-draft", "Runnel does not give"]),
         (good.clone(), fixture("other-world"), "component", &["does not export `handle`"]),
         (good.replace("[trigger.kafka]", "shell = true\n[trigger.kafka]"), recorder.clone(), "manifest", &["line 2", "unknown field `shell`"]),
         (good.replace("topic = '", "topic = 'a/"), recorder.clone(), "manifest", &["line 3", "not a valid topic name"]),

@@ -22,6 +22,12 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The compiled components' cache scripts/test keeps, so that a Python or
+/// JavaScript component is compiled once per run, not once per test.
+fn compiled_dir() -> Option<PathBuf> {
+    std::env::var_os("RUNNEL_COMPILED_DIR").map(PathBuf::from)
+}
+
 async fn runtime(limits: Limits) -> Runtime {
     let database = runnel::platform::storage::connect(
         &env("RUNNEL_MONGODB_URI"),
@@ -31,7 +37,7 @@ async fn runtime(limits: Limits) -> Runtime {
     .await
     .unwrap();
     let mail = Mail::new(&env("RUNNEL_SMTP_URL"), "probe@example.com").unwrap();
-    Runtime::new(Services::new(database, mail, std::time::Duration::from_secs(5)), limits).unwrap()
+    Runtime::new(Services::new(database, mail, std::time::Duration::from_secs(5)), limits, compiled_dir()).unwrap()
 }
 
 fn message(payload: &str) -> Message {
@@ -68,12 +74,71 @@ fn reported(outcome: Outcome) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_component_that_imports_wasi_is_refused() {
+async fn a_component_importing_more_than_wasi_p2_is_refused_naming_the_import() {
     let rt = runtime(Limits::default()).await;
-    let error = rt.load("wasi-importer", &fixture("wasi-importer"), grants_from(&rt, "")).await.err().unwrap();
+    let error = rt.load("keyvalue-importer", &fixture("keyvalue-importer"), grants_from(&rt, "")).await.err().unwrap();
     let text = format!("{error:#}");
-    assert!(text.contains("wasi:"), "{text}");
+    assert!(text.contains("wasi:keyvalue/store@0.2.0-draft"), "{text}");
     assert!(text.contains("Runnel does not give"), "{text}");
+}
+
+/// The same probe in each language: the sandbox refuses files, the
+/// environment and sockets, bounds what stdout keeps, and the host goes on.
+async fn the_sandbox_holds(probe: &str) {
+    let rt = runtime(Limits::default()).await;
+    let f = rt.load(probe, &fixture(probe), grants(&rt)).await.unwrap();
+    let run = |payload: String| {
+        let f = f.clone();
+        async move { reported(f.handle(&message(&payload)).await) }
+    };
+    // A file the host can read, and a port it listens on.
+    let host_file = std::env::current_exe().unwrap().display().to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    let read = run(format!("read-file:{host_file}")).await;
+    assert!(read.starts_with("Err("), "{probe} read a file of the host: {read}");
+    let read = run("read-file:/etc/hostname".into()).await;
+    assert!(read.starts_with("Err("), "{probe} read /etc/hostname: {read}");
+    let env = run("env:RUNNEL_MONGODB_URI".into()).await;
+    assert!(env.starts_with("Err(") && !env.contains("mongodb://"), "{probe} read the environment: {env}");
+    // Refused with an error, or (JavaScript's `fetch`, whose HTTP imports
+    // the build stubs out) a trap.
+    match f.handle(&message(&format!("connect:127.0.0.1:{port}"))).await {
+        Outcome::Declined(HandlerError::GiveUp(text)) => assert!(text.starts_with("Err("), "{probe} opened a socket: {text}"),
+        Outcome::Failed(_) => {}
+        other => panic!("{probe}: connecting ended with {other:?}"),
+    }
+    assert!(listener.accept().is_err(), "{probe}: a connection reached the host's listener");
+
+    // 10 MiB to stdout: the call ends normally, and only the bound is kept.
+    let printed = f.invoke(&message("print:10")).await;
+    assert!(matches!(printed.outcome, Outcome::Handled), "{probe}: {:?}", printed.outcome);
+    let kept: usize = printed.logs.iter().map(|line| line.message.len()).sum();
+    assert!(kept <= 2 * runnel::platform::sandbox::OUTPUT_KEPT, "{probe} kept {kept} bytes of output");
+    assert!(printed.logs.iter().any(|line| line.message.contains("bytes of stdout not kept")), "{probe}");
+
+    // The host and the function are still fine.
+    assert!(matches!(f.handle(&message("ok")).await, Outcome::Handled));
+    assert!(matches!(f.handle(&message("bad-input")).await, Outcome::Declined(HandlerError::BadInput(_))));
+    assert!(matches!(f.handle(&message("retry")).await, Outcome::Declined(HandlerError::RetryLater(_))));
+    let Outcome::Failed(_) = f.handle(&message("trap")).await else { panic!("{probe}: an uncaught error must trap") };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_holds_for_rust() {
+    the_sandbox_holds("probe").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_holds_for_python() {
+    the_sandbox_holds("python-probe").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_holds_for_javascript() {
+    the_sandbox_holds("js-probe").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

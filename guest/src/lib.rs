@@ -1,29 +1,37 @@
-//! `runnel-guest`: what a Rust function needs to be a Runnel component.
+//! `runnel-guest`: write Runnel functions in Rust.
 //!
-//! The host gives a function the imports of the `stream-function` world and
-//! nothing else: no WASI. Rust's `std` on `wasm32-wasip2` imports WASI (its
-//! panic hook writes to stderr), so functions are `#![no_std]` crates using
-//! `alloc`. This crate supplies the rest:
-//! - the bindings of `wit/runnel.wit` (imports as modules, the `Guest`
-//!   trait to implement, and [`export_function!`] to export it);
-//! - a global allocator (dlmalloc over the component's linear memory);
-//! - a panic handler that logs the panic through the host's `logging`
-//!   capability, then traps (the host retries, then dead-letters the record).
+//! A function implements [`Guest`] (one callback, `handle`) and exports it
+//! with [`export_function!`]; it is built with
+//! `cargo build --target wasm32-wasip2` into a component. It is an ordinary
+//! `std` crate: the host links a locked-down WASI (no files, network or
+//! environment), so `println!` and panics end up in the function's log.
+//!
+//! What the crate adds to the bindings of `wit/runnel.wit`:
+//! - `?` on capability errors: [`documents::DocumentError`] and
+//!   [`mail::MailError`] convert into [`HandlerError`] (`unavailable` →
+//!   retry later, anything else → give up);
+//! - typed JSON: [`Message::json`] (bad input when the payload does not
+//!   parse), [`documents::insert`], [`documents::find_as`],
+//!   [`documents::update`], [`documents::date`];
+//! - [`testing`]: run `handle` natively in `cargo test`, against an in-memory
+//!   host (documents, mail, config, logs, clock), as ordinary unit tests.
 //!
 //! ```ignore
-//! #![no_std]
-//! use runnel_guest::{Guest, HandlerError, Message};
+//! use runnel_guest::{Guest, HandlerError, Message, documents, mail};
 //! struct MyFunction;
 //! impl Guest for MyFunction {
-//!     fn handle(message: Message) -> Result<(), HandlerError> { Ok(()) }
+//!     fn handle(message: Message) -> Result<(), HandlerError> {
+//!         let event: serde_json::Value = message.json()?;
+//!         documents::insert("events", &event)?;
+//!         Ok(())
+//!     }
 //! }
 //! runnel_guest::export_function!(MyFunction);
 //! ```
-#![no_std]
 
-extern crate alloc;
-
-/// The generated bindings of the `stream-function` world.
+/// The generated bindings of the `stream-function` world. Functions use the
+/// modules re-exported at the crate's root, which also run under
+/// [`testing`].
 pub mod bindings {
     wit_bindgen::generate!({
         world: "stream-function",
@@ -34,52 +42,147 @@ pub mod bindings {
     });
 }
 
-pub use bindings::runnel::function::{clock, config, documents, logging, mail};
+mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
 pub use bindings::runnel::function::types::Header;
 pub use bindings::{Guest, HandlerError, Message, export_function};
 
-#[cfg(target_arch = "wasm32")]
-#[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+use bindings::runnel::function as wit;
 
-#[cfg(target_arch = "wasm32")]
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    use alloc::string::ToString;
-    logging::log(logging::Level::Error, &info.to_string());
-    core::arch::wasm32::unreachable()
+impl Message {
+    /// The payload parsed as JSON into `T`; [`HandlerError::BadInput`] naming
+    /// what is wrong when it does not parse.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        serde_json::from_slice(&self.payload).map_err(|e| HandlerError::BadInput(format!("the payload: {e}")))
+    }
+
+    /// The payload as UTF-8 text; bad input when it is not.
+    pub fn text(&self) -> Result<&str, HandlerError> {
+        std::str::from_utf8(&self.payload).map_err(|e| HandlerError::BadInput(format!("the payload is not UTF-8: {e}")))
+    }
+
+    /// The value of the first header named `key`.
+    pub fn header(&self, key: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|h| h.key == key).map(|h| h.value.as_slice())
+    }
 }
 
-// `memcmp`, `memcpy` and friends come from the target's bundled C library
-// (pure functions: they import nothing).
-#[cfg(target_arch = "wasm32")]
-#[link(name = "c")]
-unsafe extern "C" {}
+/// Documents in the host's database, limited to the collections the
+/// manifest grants. Every call is journaled per record: a record handled
+/// again gets the same answers, and its writes are not done twice.
+pub mod documents {
+    pub use super::wit::documents::{DocumentError, UpdateResult};
+    use super::{HandlerError, host};
+    use serde::{Serialize, de::DeserializeOwned};
+    use serde_json::Value;
 
-/// The canonical ABI's allocator export. Rust's `std` provides it on
-/// `wasm32-wasip2`; a `no_std` component must bring its own.
-///
-/// # Safety
-/// Called only by the component model's canonical ABI, with a pointer and
-/// size it obtained from this function (or null and 0).
-#[cfg(target_arch = "wasm32")]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cabi_realloc(old_ptr: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
-    use alloc::alloc::{Layout, alloc, realloc};
-    if new_len == 0 {
-        return align as *mut u8;
+    /// Inserts one document (Extended JSON text) and returns its `_id`.
+    pub fn insert_one(collection: &str, document: &str) -> Result<String, DocumentError> {
+        host::insert_one(collection, document)
     }
-    // SAFETY: the canonical ABI passes a power-of-two alignment and, for a
-    // reallocation, the size and alignment of the earlier allocation.
-    let ptr = unsafe {
-        if old_len == 0 {
-            alloc(Layout::from_size_align_unchecked(new_len, align))
-        } else {
-            realloc(old_ptr, Layout::from_size_align_unchecked(old_len, align), new_len)
+
+    /// Up to `limit` (at most 1000) documents matching `filter`, as JSON text.
+    pub fn find(collection: &str, filter: &str, limit: u32) -> Result<Vec<String>, DocumentError> {
+        host::find(collection, filter, limit)
+    }
+
+    /// Applies `update` to every document matching `filter`.
+    pub fn update_many(
+        collection: &str,
+        filter: &str,
+        update: &str,
+        array_filters: &[String],
+    ) -> Result<UpdateResult, DocumentError> {
+        host::update_many(collection, filter, update, array_filters)
+    }
+
+    /// Inserts `document`, serialized to JSON; returns its `_id`.
+    pub fn insert(collection: &str, document: &impl Serialize) -> Result<String, DocumentError> {
+        insert_one(collection, &to_json(document)?)
+    }
+
+    /// Up to `limit` documents matching `filter`, deserialized into `T`.
+    pub fn find_as<T: DeserializeOwned>(collection: &str, filter: &Value, limit: u32) -> Result<Vec<T>, DocumentError> {
+        find(collection, &filter.to_string(), limit)?
+            .iter()
+            .map(|text| serde_json::from_str(text).map_err(|e| DocumentError::Invalid(format!("a found document: {e}"))))
+            .collect()
+    }
+
+    /// Applies `update` to every document matching `filter`; `array_filters`
+    /// name the `$[identifier]` paths of the update.
+    pub fn update(collection: &str, filter: &Value, update: &Value, array_filters: &[Value]) -> Result<UpdateResult, DocumentError> {
+        let array_filters: Vec<String> = array_filters.iter().map(Value::to_string).collect();
+        update_many(collection, &filter.to_string(), &update.to_string(), &array_filters)
+    }
+
+    /// An Extended JSON date, `ms` milliseconds after the Unix epoch.
+    pub fn date(ms: i64) -> Value {
+        serde_json::json!({ "$date": { "$numberLong": ms.to_string() } })
+    }
+
+    fn to_json(document: &impl Serialize) -> Result<String, DocumentError> {
+        serde_json::to_string(document).map_err(|e| DocumentError::Invalid(format!("the document: {e}")))
+    }
+
+    impl From<DocumentError> for HandlerError {
+        /// `unavailable` is worth a retry; anything else will not change.
+        fn from(e: DocumentError) -> Self {
+            match e {
+                DocumentError::Unavailable(m) => HandlerError::RetryLater(m),
+                DocumentError::NotPermitted(m) | DocumentError::Conflict(m) | DocumentError::Invalid(m) => {
+                    HandlerError::GiveUp(m)
+                }
+            }
         }
-    };
-    if ptr.is_null() {
-        core::arch::wasm32::unreachable();
     }
-    ptr
+}
+
+/// E-mail through the host's SMTP relay, when the manifest grants it. A
+/// record handled again does not mail again.
+pub mod mail {
+    pub use super::wit::mail::{MailError, Message};
+    use super::{HandlerError, host};
+
+    pub fn send(message: &Message) -> Result<(), MailError> {
+        host::send(message)
+    }
+
+    impl From<MailError> for HandlerError {
+        /// `unavailable` is worth a retry; anything else will not change.
+        fn from(e: MailError) -> Self {
+            match e {
+                MailError::Unavailable(m) => HandlerError::RetryLater(m),
+                MailError::NotPermitted(m) | MailError::Invalid(m) => HandlerError::GiveUp(m),
+            }
+        }
+    }
+}
+
+/// The configuration values of the function's manifest.
+pub mod config {
+    /// The value of `name`, or none when the manifest defines no such key.
+    pub fn get(name: &str) -> Option<String> {
+        super::host::config_get(name)
+    }
+}
+
+/// Log lines, written by the host with the function's name.
+pub mod logging {
+    pub use super::wit::logging::Level;
+
+    pub fn log(level: Level, message: &str) {
+        super::host::log(level, message)
+    }
+}
+
+/// The host's clock. Journaled: a record handled again reads the time its
+/// first handling read (WASI's clocks are not journaled).
+pub mod clock {
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms() -> i64 {
+        super::host::now_ms()
+    }
 }

@@ -27,6 +27,9 @@ pub struct Config {
     pub sync_interval: Duration,
     /// Longest a capability call waits for its service (then: unavailable).
     pub capability_timeout: Duration,
+    /// Where compiled components are kept between starts; none: compiled
+    /// at every start.
+    pub compiled_dir: Option<PathBuf>,
 }
 
 /// A setting that is missing or malformed.
@@ -131,6 +134,17 @@ impl Config {
         let capability_timeout =
             millis("RUNNEL_CAPABILITY_TIMEOUT_MS", "5000", 10..=20_000, " (below the 30 s call deadline)")?;
 
+        // The host's own cache (it runs the native code it finds there).
+        let compiled_dir = match lookup("RUNNEL_COMPILED_DIR").map(|v| v.trim().to_string()) {
+            Some(v) if v == "off" => None,
+            Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+            _ => lookup("XDG_CACHE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| lookup("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(".cache")))
+                .map(|cache| cache.join("runnel").join("compiled")),
+        };
+
         Ok(Config {
             http_addr,
             kafka_brokers,
@@ -145,6 +159,7 @@ impl Config {
             max_component_bytes,
             sync_interval,
             capability_timeout,
+            compiled_dir,
         })
     }
 }

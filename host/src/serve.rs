@@ -53,7 +53,7 @@ async fn serve(
     let services = Services::new(database.clone(), mail, config.capability_timeout);
     let journal = Journal::open(&database, config.capability_timeout).await.context("cannot prepare the journal")?;
     let limits = Limits::default();
-    let runtime = Runtime::new(services, limits)?;
+    let runtime = Runtime::new(services, limits, config.compiled_dir.clone())?;
 
     // The application's topics; each function's are created when it starts.
     kafka::ensure_topics(&config.kafka_brokers, &app::topics(), config.connect_timeout).await?;

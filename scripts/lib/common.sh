@@ -159,14 +159,91 @@ runnel_stop_servers() {
   RUNNEL_PIDS=()
 }
 
-# Build the crate $1 as a WebAssembly component; copy it to $2. One cargo
-# invocation per crate: a std crate's features must not reach no_std ones.
-build_component() {
-  local name=$1 dest=$2
-  log "building $name (wasm32-wasip2)"
-  cargo build --quiet --manifest-path "$RUNNEL_ROOT/Cargo.toml" -p "$name" \
-    --target wasm32-wasip2 --profile wasm >&2
-  cp "$RUNNEL_TARGET/wasm32-wasip2/wasm/${name//-/_}.wasm" "$dest"
+# Versions of the toolchains for Python and JavaScript functions (the
+# JavaScript ones are pinned in sdk/js/package.json and its lock file).
+COMPONENTIZE_PY_VERSION="0.25.1"
+
+# componentize-py, into the venv, on first use.
+runnel_install_python_toolchain() {
+  local stamp="$RUNNEL_VENV/.componentize-py-$COMPONENTIZE_PY_VERSION"
+  [[ -e $stamp ]] && return 0
+  log "installing componentize-py $COMPONENTIZE_PY_VERSION into $RUNNEL_VENV"
+  [[ -x $RUNNEL_VENV/bin/pip ]] || python3 -m venv "$RUNNEL_VENV"
+  "$RUNNEL_VENV/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION" >&2
+  touch "$stamp"
+}
+
+# esbuild and componentize-js, into .cache/js, on first use (and again when
+# sdk/js/package-lock.json changes).
+runnel_install_js_toolchain() {
+  local dir="$RUNNEL_CACHE/js"
+  if cmp -s "$RUNNEL_ROOT/sdk/js/package-lock.json" "$dir/package-lock.json" && [[ -d $dir/node_modules ]]; then
+    return 0
+  fi
+  command -v npm >/dev/null || die "npm is not installed; JavaScript functions need Node.js 20 or newer"
+  log "installing componentize-js and esbuild into $dir"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp "$RUNNEL_ROOT/sdk/js/package.json" "$RUNNEL_ROOT/sdk/js/package-lock.json" "$dir/"
+  (cd "$dir" && npm ci --silent --no-audit --no-fund >&2)
+}
+
+# The language of the function in folder $1: its manifest's `language`, or
+# else its files (Cargo.toml: rust, app.py: python, app.js: js).
+function_language() {
+  local dir=$1 language
+  if [[ -f $dir/runnel.toml ]]; then
+    language=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb")).get("language", ""))' \
+      "$dir/runnel.toml" 2>/dev/null || true)
+  fi
+  if [[ -z ${language:-} ]]; then
+    if [[ -f $dir/Cargo.toml ]]; then language=rust
+    elif [[ -f $dir/app.py ]]; then language=python
+    elif [[ -f $dir/app.js ]]; then language=js
+    else die "$dir: no language in runnel.toml, and no Cargo.toml, app.py or app.js"
+    fi
+  fi
+  echo "${language/javascript/js}"
+}
+
+# Build the function (or fixture) in folder $1, in any language, into the
+# component $2. The folder's name is the crate's name for Rust.
+runnel_build_function() {
+  local dir=${1%/} dest=$2 name language tmp
+  name=$(basename "$dir")
+  language=$(function_language "$dir")
+  log "building $name ($language)"
+  tmp="$dest.part-$$"
+  case $language in
+    rust)
+      # One cargo invocation per crate: features of one must not reach another.
+      cargo build --quiet --manifest-path "$RUNNEL_ROOT/Cargo.toml" -p "$name" \
+        --target wasm32-wasip2 --profile wasm >&2 || return 1
+      cp "$RUNNEL_TARGET/wasm32-wasip2/wasm/${name//-/_}.wasm" "$tmp"
+      ;;
+    python)
+      runnel_install_python_toolchain
+      # The SDK's entry point wraps the function's app.py.
+      "$RUNNEL_VENV/bin/componentize-py" -d "$RUNNEL_ROOT/wit" -w stream-function componentize runnel_component \
+        -p "$RUNNEL_ROOT/sdk/python" -p "$dir" -o "$tmp" >/dev/null || { rm -f "$tmp"; return 1; }
+      ;;
+    js)
+      runnel_install_js_toolchain
+      local js="$RUNNEL_CACHE/js/node_modules" bundle="$tmp.js"
+      # One file: the SDK's entry point, the SDK and app.js; the world's
+      # imports stay imports.
+      "$js/.bin/esbuild" "$RUNNEL_ROOT/sdk/js/entry.js" --bundle --format=esm --log-level=warning \
+        --alias:app="$dir/app.js" --alias:runnel="$RUNNEL_ROOT/sdk/js/runnel.js" \
+        --external:'runnel:function/*' --outfile="$bundle" >&2 || return 1
+      # Without `-d http fetch-event` the component would import wasi:http,
+      # which the host refuses.
+      node "$js/@bytecodealliance/componentize-js/src/cli.js" "$bundle" --wit "$RUNNEL_ROOT/wit" \
+        -n stream-function -d http fetch-event -o "$tmp" >&2 || { rm -f "$bundle" "$tmp"; return 1; }
+      rm -f "$bundle"
+      ;;
+    *) die "$dir: unknown language '$language' (rust, python or js)" ;;
+  esac
+  mv -f "$tmp" "$dest"
 }
 
 # Build every function in functions/ and gather `<name>.wasm` + `<name>.toml`
@@ -176,41 +253,53 @@ runnel_build_functions() {
   mkdir -p "$out"
   for dir in "$RUNNEL_ROOT"/functions/*/; do
     name=$(basename "$dir")
-    build_component "$name" "$out/$name.wasm"
+    runnel_build_function "$dir" "$out/$name.wasm"
     cp "$dir/runnel.toml" "$out/$name.toml"
   done
 }
 
-# Build the test fixtures in tests/fixtures/ into $1 (`<name>.wasm`).
+# Build the examples in other languages (examples/<language>/<name>/) into
+# $1 as `<language>-<name>.wasm` + `.toml`.
+runnel_build_examples() {
+  local out=$1 dir name
+  mkdir -p "$out"
+  for dir in "$RUNNEL_ROOT"/examples/*/*/; do
+    name="$(basename "$(dirname "$dir")")-$(basename "$dir")"
+    runnel_build_function "$dir" "$out/$name.wasm"
+    cp "$dir/runnel.toml" "$out/$name.toml"
+  done
+}
+
+# Build the test fixtures in tests/fixtures/ (Rust crates) and tests/guests/
+# (other languages) into $1 (`<name>.wasm`).
 runnel_build_fixtures() {
   local out=$1 dir
   mkdir -p "$out"
-  for dir in "$RUNNEL_ROOT"/tests/fixtures/*/; do
-    build_component "$(basename "$dir")" "$out/$(basename "$dir").wasm"
+  for dir in "$RUNNEL_ROOT"/tests/fixtures/*/ "$RUNNEL_ROOT"/tests/guests/*/; do
+    [[ -d $dir ]] && runnel_build_function "$dir" "$out/$(basename "$dir").wasm"
   done
 }
 
 # Hot reload for development: every 0.3 s, looks for sources in functions/*/
-# newer than that crate's last build; rebuilds a changed crate and moves its
-# component and manifest into $1 (atomically, by rename), where the host's
-# watcher on RUNNEL_FUNCTIONS_DIR deploys it. A build error is printed and the
-# running version stays. Runs until killed.
+# newer than that function's last build; rebuilds a changed one (any
+# language) and moves its component and manifest into $1 (atomically, by
+# rename), where the host's watcher on RUNNEL_FUNCTIONS_DIR deploys it. A
+# build error is printed and the running version stays. Runs until killed.
 runnel_watch_sources() {
-  local out=$1 stamps="$RUNNEL_RUN_DIR/stamps" dir name stamp wasm
+  local out=$1 stamps="$RUNNEL_RUN_DIR/stamps" dir name stamp
   mkdir -p "$stamps"
   for dir in "$RUNNEL_ROOT"/functions/*/; do touch "$stamps/$(basename "$dir")"; done
   while sleep 0.3; do
     for dir in "$RUNNEL_ROOT"/functions/*/; do
       name=$(basename "$dir")
       stamp="$stamps/$name"
-      [[ -e $stamp ]] || touch -d @0 "$stamp" # a crate new since the start: build it
-      [[ -n $(find "$dir" -newer "$stamp" -type f \( -name '*.rs' -o -name '*.toml' \) -print -quit 2>/dev/null) ]] || continue
+      [[ -e $stamp ]] || touch -d @0 "$stamp" # a function new since the start: build it
+      [[ -n $(find "$dir" -newer "$stamp" -type f \( -name '*.rs' -o -name '*.toml' -o -name '*.py' -o -name '*.js' \) \
+        -not -path '*/node_modules/*' -not -path '*/__pycache__/*' -print -quit 2>/dev/null) ]] || continue
       touch "$stamp"
       log "$name changed: rebuilding"
-      if cargo build --quiet --manifest-path "$RUNNEL_ROOT/Cargo.toml" -p "$name" \
-        --target wasm32-wasip2 --profile wasm >&2; then
-        wasm="$RUNNEL_TARGET/wasm32-wasip2/wasm/${name//-/_}.wasm"
-        cp "$wasm" "$out/.$name.wasm.part" && mv -f "$out/.$name.wasm.part" "$out/$name.wasm"
+      if (runnel_build_function "$dir" "$out/.$name.wasm.new"); then
+        mv -f "$out/.$name.wasm.new" "$out/$name.wasm"
         cp "$dir/runnel.toml" "$out/.$name.toml.part" && mv -f "$out/.$name.toml.part" "$out/$name.toml"
         log "$name rebuilt; the host deploys it"
       else

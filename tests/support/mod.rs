@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod store_alert_flow;
+
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
@@ -109,7 +111,7 @@ impl Host {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the host exited ({status}) during start-up:\n{}", self.log_text());
@@ -127,7 +129,7 @@ impl Host {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "the host was not ready in 60 s:\n{}", self.log_text());
+            assert!(Instant::now() < deadline, "the host was not ready in 180 s:\n{}", self.log_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -6,17 +6,10 @@
 //! and touches no one else. Applying the same record twice changes nothing
 //! more, so redelivery is harmless. A record with no payload (a tombstone)
 //! has nothing to copy and is skipped.
-#![no_std]
-
-extern crate alloc;
-
-use alloc::{format, string::{String, ToString}, vec};
 
 use runnel_guest::{Guest, HandlerError, Message, documents, logging};
 use serde::Deserialize;
 use serde_json::json;
-
-const COLLECTION: &str = "comicbooks";
 
 /// The roles of a comicbook, as the host's `Role` names them.
 const ROLES: [&str; 8] = ["WRITER", "ARTIST", "PENCILLER", "INKER", "COLORIST", "LETTERER", "COVER_ARTIST", "EDITOR"];
@@ -35,50 +28,63 @@ impl Guest for PersonToComicbook {
         if message.payload.is_empty() {
             return Ok(());
         }
-        let person: Person = serde_json::from_slice(&message.payload)
-            .map_err(|e| HandlerError::BadInput(format!("not a person: {e}")))?;
+        let person: Person = message.json()?;
         if person.id.is_empty() {
             return Err(HandlerError::BadInput("the person has an empty id".into()));
         }
-        if let Some(key) = &message.key
-            && key.as_slice() != person.id.as_bytes()
-        {
-            return Err(HandlerError::BadInput(format!(
-                "the record's key is not the person's id '{}'",
-                person.id
-            )));
+        if message.key.as_deref().is_some_and(|key| key != person.id.as_bytes()) {
+            return Err(HandlerError::BadInput(format!("the record's key is not the person's id '{}'", person.id)));
         }
 
         let mut modified = 0;
         // One update per role: an array filter needs its array to exist, and
         // a comicbook lists only the roles it has.
         for role in ROLES {
-            let filter = json!({ format!("persons.{role}._id"): person.id });
-            let update = json!({ "$set": {
-                format!("persons.{role}.$[p].firstname"): person.firstname,
-                format!("persons.{role}.$[p].lastname"): person.lastname,
-            }});
-            let array_filter = json!({ "p._id": person.id });
-            let result = documents::update_many(
-                COLLECTION,
-                &filter.to_string(),
-                &update.to_string(),
-                &vec![array_filter.to_string()],
-            )
-            .map_err(|e| match e {
-                documents::DocumentError::Unavailable(m) => HandlerError::RetryLater(m),
-                documents::DocumentError::Invalid(m)
-                | documents::DocumentError::Conflict(m)
-                | documents::DocumentError::NotPermitted(m) => HandlerError::GiveUp(m),
-            })?;
+            let result = documents::update(
+                "comicbooks",
+                &json!({ format!("persons.{role}._id"): person.id }),
+                &json!({ "$set": {
+                    format!("persons.{role}.$[p].firstname"): person.firstname,
+                    format!("persons.{role}.$[p].lastname"): person.lastname,
+                }}),
+                &[json!({ "p._id": person.id })],
+            )?;
             modified += result.modified;
         }
-        logging::log(
-            logging::Level::Info,
-            &format!("person {} renamed in {modified} role list(s)", person.id),
-        );
+        logging::log(logging::Level::Info, &format!("person {} renamed in {modified} role list(s)", person.id));
         Ok(())
     }
 }
 
 runnel_guest::export_function!(PersonToComicbook);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_guest::testing::{TestHost, message};
+
+    #[test]
+    fn renames_the_person_in_every_role() {
+        let mut host = TestHost::new().grant("comicbooks");
+        let payload = r#"{"id": "p1", "firstname": "Stan", "lastname": "Lee"}"#;
+        host.run(|| PersonToComicbook::handle(message(payload))).unwrap();
+        assert_eq!(host.updates.len(), ROLES.len());
+        let (collection, filter, update, array_filters) = &host.updates[0];
+        assert_eq!(collection, "comicbooks");
+        assert_eq!(filter, &json!({ "persons.WRITER._id": "p1" }));
+        assert_eq!(update["$set"]["persons.WRITER.$[p].lastname"], "Lee");
+        assert_eq!(array_filters, &[json!({ "p._id": "p1" })]);
+    }
+
+    #[test]
+    fn a_tombstone_is_skipped_and_garbage_is_bad_input() {
+        let mut host = TestHost::new();
+        host.run(|| PersonToComicbook::handle(message(""))).unwrap();
+        let outcome = host.run(|| PersonToComicbook::handle(message("{")));
+        assert!(matches!(outcome, Err(HandlerError::BadInput(_))));
+        let mut keyed = message(r#"{"id": "p1", "firstname": "A", "lastname": "B"}"#);
+        keyed.key = Some(b"p2".to_vec());
+        assert!(matches!(host.run(|| PersonToComicbook::handle(keyed)), Err(HandlerError::BadInput(_))));
+        assert!(host.updates.is_empty());
+    }
+}

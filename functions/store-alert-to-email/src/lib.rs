@@ -11,14 +11,8 @@
 //! answers it from the journal on a later delivery, so the function needs no
 //! idempotence tricks of its own.
 
-#![no_std]
-
-extern crate alloc;
-
-use alloc::{format, string::String, string::ToString, vec::Vec};
-
 use runnel_guest::{Guest, HandlerError, Message, clock, config, documents, logging, mail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The event the host produces when a store is updated.
 #[derive(Debug, Deserialize)]
@@ -28,7 +22,7 @@ struct StoreAlertEvent {
     store_status: StoreStatus,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
+#[derive(Debug, Serialize, Deserialize, Clone, Copy)]
 #[serde(rename_all = "UPPERCASE")]
 enum StoreStatus {
     Open,
@@ -44,68 +38,90 @@ impl StoreStatus {
     }
 }
 
-const COLLECTION: &str = "store_alerts";
+/// What is stored in `store_alerts`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StoreAlert<'a> {
+    store_name: &'a str,
+    store_status: StoreStatus,
+    timestamp: serde_json::Value,
+}
 
 struct StoreAlertToEmail;
 
 impl Guest for StoreAlertToEmail {
     fn handle(message: Message) -> Result<(), HandlerError> {
-        let event: StoreAlertEvent = serde_json::from_slice(&message.payload)
-            .map_err(|e| HandlerError::BadInput(format!("not a store alert event: {e}")))?;
+        let event: StoreAlertEvent = message.json()?;
         if event.store_name.trim().is_empty() {
             return Err(HandlerError::BadInput("storeName is empty".into()));
         }
-
         let recipients = distribution_list()?;
-        let alert = serde_json::json!({
-            "storeName": event.store_name,
-            "storeStatus": event.store_status.as_str(),
-            "timestamp": { "$date": { "$numberLong": clock::now_ms().to_string() } },
-        });
-        let id = documents::insert_one(COLLECTION, &alert.to_string()).map_err(document_error)?;
 
-        let sent = mail::send(&mail::Message {
+        let alert = StoreAlert {
+            store_name: &event.store_name,
+            store_status: event.store_status,
+            timestamp: documents::date(clock::now_ms()),
+        };
+        let id = documents::insert("store_alerts", &alert)?;
+        mail::send(&mail::Message {
             to: recipients,
             subject: format!("Store Alert: {}", event.store_name),
             body: event.store_status.as_str().to_string(),
-        });
-        match sent {
-            Ok(()) => {
-                logging::log(
-                    logging::Level::Info,
-                    &format!("alert {id} for store '{}' mailed", event.store_name),
-                );
-                Ok(())
-            }
-            Err(mail::MailError::Unavailable(e)) => Err(HandlerError::RetryLater(e)),
-            Err(mail::MailError::Invalid(e) | mail::MailError::NotPermitted(e)) => {
-                Err(HandlerError::GiveUp(e))
-            }
-        }
+        })?;
+        logging::log(logging::Level::Info, &format!("alert {id} for store '{}' mailed", event.store_name));
+        Ok(())
     }
 }
 
 fn distribution_list() -> Result<Vec<String>, HandlerError> {
-    let list = config::get("distribution-list")
-        .ok_or_else(|| HandlerError::GiveUp("config 'distribution-list' is not set".into()))?;
-    let recipients: Vec<String> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(String::from)
-        .collect();
+    let list = config::get("distribution-list").unwrap_or_default();
+    let recipients: Vec<String> = list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
     if recipients.is_empty() {
-        return Err(HandlerError::GiveUp("config 'distribution-list' is empty".into()));
+        return Err(HandlerError::GiveUp("config 'distribution-list' is not set or empty".into()));
     }
     Ok(recipients)
 }
 
-fn document_error(e: documents::DocumentError) -> HandlerError {
-    use documents::DocumentError::*;
-    match e {
-        Unavailable(m) => HandlerError::RetryLater(m),
-        Conflict(m) | Invalid(m) | NotPermitted(m) => HandlerError::GiveUp(m),
+runnel_guest::export_function!(StoreAlertToEmail);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_guest::testing::{TestHost, message};
+
+    const EVENT: &str = r#"{"storeName": "S1", "storeStatus": "CLOSED"}"#;
+
+    #[test]
+    fn stores_an_alert_and_mails_the_list() {
+        let mut host = TestHost::new().config("distribution-list", "a@example.com, b@example.com").grant("store_alerts");
+        host.run(|| StoreAlertToEmail::handle(message(EVENT))).unwrap();
+        let alert = &host.collections["store_alerts"][0];
+        assert_eq!(alert["storeName"], "S1");
+        assert_eq!(alert["storeStatus"], "CLOSED");
+        assert_eq!(alert["timestamp"], documents::date(host.now_ms));
+        assert_eq!(host.mails.len(), 1);
+        assert_eq!(host.mails[0].to, ["a@example.com", "b@example.com"]);
+        assert_eq!(host.mails[0].subject, "Store Alert: S1");
+        assert_eq!(host.mails[0].body, "CLOSED");
+    }
+
+    #[test]
+    fn bad_input_is_dead_lettered_and_mails_nothing() {
+        let mut host = TestHost::new().config("distribution-list", "a@example.com");
+        for payload in ["not json", "[]", r#"{"storeName": " ", "storeStatus": "OPEN"}"#, r#"{"storeName": "S", "storeStatus": "AJAR"}"#] {
+            let outcome = host.run(|| StoreAlertToEmail::handle(message(payload)));
+            assert!(matches!(outcome, Err(HandlerError::BadInput(_))), "{payload}: {outcome:?}");
+        }
+        assert!(host.mails.is_empty());
+    }
+
+    #[test]
+    fn gives_up_without_a_distribution_list_or_a_grant() {
+        let outcome = TestHost::new().run(|| StoreAlertToEmail::handle(message(EVENT)));
+        assert!(matches!(outcome, Err(HandlerError::GiveUp(_))), "{outcome:?}");
+        let mut host = TestHost::new().config("distribution-list", "a@example.com").grant("elsewhere");
+        let outcome = host.run(|| StoreAlertToEmail::handle(message(EVENT)));
+        assert!(matches!(outcome, Err(HandlerError::GiveUp(m)) if m.contains("not granted")));
+        assert!(host.mails.is_empty());
     }
 }
-
-runnel_guest::export_function!(StoreAlertToEmail);

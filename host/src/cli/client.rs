@@ -48,6 +48,15 @@ fn locate(path: &Path, component: Option<&Path>, build: bool) -> anyhow::Result<
     if let Some(component) = component {
         return Ok((manifest, component.to_path_buf()));
     }
+    // A Python or JavaScript function: scripts/build-function writes
+    // `<folder>/<folder name>.wasm`.
+    if path.is_dir() && crate_dir.as_ref().is_some_and(|dir| !dir.join("Cargo.toml").exists()) {
+        if build {
+            bail!("--build builds Rust crates; build this function with scripts/build-function '{}'", path.display());
+        }
+        let name = path.canonicalize()?.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        return Ok((manifest, path.join(format!("{name}.wasm"))));
+    }
     let beside = manifest.with_extension("wasm");
     let crate_dir = match crate_dir {
         Some(dir) if build || !beside.is_file() => dir,

@@ -56,7 +56,8 @@ pub(crate) async fn services() -> anyhow::Result<Services> {
 /// against the environment; returns the function and its topic.
 pub async fn load(component: &[u8], manifest_text: &str, services: Services) -> anyhow::Result<(Function, String)> {
     let manifest = Manifest::parse(manifest_text).map_err(|e| anyhow::anyhow!("manifest: {e}"))?;
-    let runtime = Runtime::new(services, Limits::default())?;
+    let compiled_dir = crate::config::Config::from_env().ok().and_then(|config| config.compiled_dir);
+    let runtime = Runtime::new(services, Limits::default(), compiled_dir)?;
     let env = |var: &str| std::env::var(var).ok();
     let grants = runtime.services().resolve(&manifest.name, &manifest.capabilities, &env).context("manifest")?;
     let function = runtime.load(&manifest.name, component, grants).await.context("component")?;

@@ -11,11 +11,22 @@ pub struct NewArgs {
     /// The topic that triggers it (default: the name).
     #[arg(long)]
     pub topic: Option<String>,
+    /// The language to write it in.
+    #[arg(long, value_enum, default_value = "rust")]
+    pub lang: Lang,
     /// Where to create it: the `functions/` folder of a Runnel workspace
-    /// (the crate uses the workspace's runnel-guest and, for its test, the
-    /// host crate at `../../host`).
+    /// (a Rust crate uses the workspace's runnel-guest and, for its
+    /// component test, the host crate at `../../host`).
     #[arg(long, default_value = "functions")]
     pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    #[value(alias = "javascript")]
+    Js,
 }
 
 pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
@@ -29,20 +40,34 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     }
     let topic = args.topic.as_deref().unwrap_or(name);
     let ident = name.replace('-', "_");
-    let files = [
-        ("Cargo.toml", CARGO.replace("{name}", name)),
-        ("runnel.toml", MANIFEST.replace("{name}", name).replace("{topic}", topic)),
-        ("src/lib.rs", LIB.replace("{name}", name)),
-        ("tests/invoke.rs", TEST.replace("{name}", name).replace("{ident}", &ident)),
-    ];
+    let language = match args.lang {
+        Lang::Rust => "rust",
+        Lang::Python => "python",
+        Lang::Js => "js",
+    };
+    let manifest = ("runnel.toml", MANIFEST.replace("{name}", name).replace("{topic}", topic).replace("{language}", language));
+    let files = match args.lang {
+        Lang::Rust => vec![
+            ("Cargo.toml", CARGO.replace("{name}", name)),
+            manifest,
+            ("src/lib.rs", LIB.replace("{name}", name)),
+            ("tests/invoke.rs", TEST.replace("{name}", name).replace("{ident}", &ident)),
+        ],
+        Lang::Python => vec![manifest, ("app.py", PYTHON.replace("{name}", name)), ("test_app.py", PYTHON_TEST.into())],
+        Lang::Js => vec![manifest, ("app.js", JS.replace("{name}", name))],
+    };
     for (path, text) in files {
         let path = dir.join(path);
         std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
         std::fs::write(&path, text).with_context(|| format!("cannot write '{}'", path.display()))?;
     }
     println!("created {}", dir.display());
-    println!("build:  cargo build -p {name} --target wasm32-wasip2 --profile wasm");
-    println!("test:   cargo test -p {name}");
+    println!("build:  scripts/build-function {}", dir.display());
+    match args.lang {
+        Lang::Rust => println!("test:   cargo test -p {name}"),
+        Lang::Python => println!("test:   cd {} && PYTHONPATH=<runnel>/sdk/python python3 -m unittest", dir.display()),
+        Lang::Js => {}
+    }
     println!("deploy: runnel deploy {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -67,20 +92,13 @@ tokio = { version = "1", features = ["rt-multi-thread", "macros"] }
 
 const MANIFEST: &str = r#"# Deployment manifest of {name}: what triggers it and what it may use.
 name = "{name}"
+language = "{language}"
 
 [trigger.kafka]
 topic = "{topic}"
 "#;
 
 const LIB: &str = r#"//! `{name}`: a Runnel function.
-//!
-//! No standard library in the component: the host gives functions no WASI,
-//! which Rust's `std` would import. (Built natively, for the tests, it has one.)
-#![cfg_attr(target_arch = "wasm32", no_std)]
-
-extern crate alloc;
-
-use alloc::format;
 
 use runnel_guest::{Guest, HandlerError, Message, logging};
 
@@ -97,6 +115,21 @@ impl Guest for Function {
 }
 
 runnel_guest::export_function!(Function);
+
+/// Natively, against an in-memory host: `cargo test -p {name}`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_guest::testing::{TestHost, message};
+
+    #[test]
+    fn logs_the_size_and_refuses_an_empty_payload() {
+        let mut host = TestHost::new();
+        host.run(|| Function::handle(message("hello"))).unwrap();
+        assert!(host.logs[0].1.contains("5 bytes"), "{:?}", host.logs);
+        assert!(matches!(host.run(|| Function::handle(message(""))), Err(HandlerError::BadInput(_))));
+    }
+}
 "#;
 
 const TEST: &str = r#"//! Runs the built component (`cargo build -p {name} --target wasm32-wasip2
@@ -111,5 +144,52 @@ async fn handles_a_message_and_refuses_an_empty_one() {
     assert_eq!(ok.outcome.kind(), "ok", "{:?}", ok);
     assert!(ok.logs.iter().any(|l| l.message.contains("5 bytes")), "{:?}", ok.logs);
     assert_eq!(function.invoke(b"").await.outcome.kind(), "bad-input");
+}
+"#;
+
+const PYTHON: &str = r#""""{name}: a Runnel function."""
+
+import runnel
+
+
+@runnel.function
+def handle(message: runnel.Message) -> None:
+    if not message.payload:
+        raise runnel.BadInput("an empty payload")
+    runnel.log(f"{len(message.payload)} bytes at offset {message.offset}")
+"#;
+
+const PYTHON_TEST: &str = r#""""Natively, against an in-memory host: python -m unittest (with
+<runnel>/sdk/python on PYTHONPATH)."""
+
+import unittest
+
+import runnel
+from runnel.testing import TestHost
+
+import app
+
+
+class Handle(unittest.TestCase):
+    def test_logs_the_size_and_refuses_an_empty_payload(self):
+        host = TestHost()
+        host.run(app.handle, b"hello")
+        self.assertIn("5 bytes", host.logs[0][1])
+        with self.assertRaises(runnel.BadInput):
+            host.run(app.handle, b"")
+
+
+if __name__ == "__main__":
+    unittest.main()
+"#;
+
+const JS: &str = r#"// {name}: a Runnel function.
+import { BadInput, log } from "runnel";
+
+export function handle(message) {
+  if (message.payload.length === 0) {
+    throw new BadInput("an empty payload");
+  }
+  log(`${message.payload.length} bytes at offset ${message.offset}`);
 }
 "#;

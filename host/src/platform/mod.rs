@@ -22,6 +22,7 @@ pub mod journal;
 pub mod kafka;
 pub mod outbox;
 pub mod runtime;
+pub mod sandbox;
 pub mod storage;
 
 #[cfg(test)]

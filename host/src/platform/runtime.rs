@@ -1,26 +1,38 @@
 //! The WebAssembly runtime: compiles function components with wasmtime and
 //! runs one message through a fresh, sandboxed instance.
 //!
-//! A component gets exactly the imports of the `stream-function` world (see
-//! `wit/runnel.wit`) and nothing else: no WASI, so no filesystem, network,
-//! clock or environment. Every import is a [capability](super::capabilities),
-//! checked against the function's grants. Each call also has a memory cap
-//! and a wall-clock deadline, so a misbehaving function cannot take the host
-//! down with it.
-
-use std::{collections::HashMap, sync::{Arc, Mutex}, time::Duration};
+//! A component gets the imports of the `stream-function` world (see
+//! `wit/runnel.wit`) and the locked-down WASI p2 of [`sandbox`](super::sandbox)
+//! (no files, network or environment): whatever it reaches goes through a
+//! [capability](super::capabilities), checked against the function's grants.
+//! Each call also has a memory cap and a wall-clock deadline, so a
+//! misbehaving function cannot take the host down with it.
+//!
+//! Instances come from wasmtime's pooling allocator, whose slots keep their
+//! memory and tables resident between instances (and, where the kernel has
+//! it, reset only the pages an instance touched), so a fresh instance per
+//! record costs microseconds. Compiled components are kept in memory and on
+//! disk (see [`Runtime::new`]), so a component is compiled once per engine.
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use wasmtime::{
-    Config, Engine, Store, StoreLimitsBuilder, UpdateDeadline,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig, Store,
+    StoreLimitsBuilder, UpdateDeadline,
     component::{Component, Linker},
 };
 
 use super::{
     capabilities::{self, Grants, InstanceState, Services, logging::LogLine},
     journal::Calls,
+    sandbox,
 };
 
 /// The host side of `wit/runnel.wit`.
@@ -66,6 +78,9 @@ pub struct Runtime {
 
 struct RuntimeInner {
     engine: Engine,
+    /// Where compiled components are kept across starts, and the engine's
+    /// part of their file names.
+    disk: Option<DiskCache>,
     linker: Linker<InstanceState>,
     services: Services,
     limits: Limits,
@@ -82,6 +97,20 @@ impl Drop for RuntimeInner {
         self.ticker.abort();
     }
 }
+
+/// Instances that can exist at once (every record in progress, every
+/// `invoke`, every replay): the size of the instance pool.
+const POOLED_INSTANCES: u32 = 256;
+
+/// Per component: enough for a Python component (14 core instances) or a
+/// JavaScript one, with room to spare.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+const MEMORIES_PER_COMPONENT: u32 = 4;
+const TABLES_PER_COMPONENT: u32 = 32;
+const TABLE_ELEMENTS: usize = 100_000;
+
+/// Memory and table pages a freed slot keeps resident for the next instance.
+const KEEP_RESIDENT: usize = 32 << 20;
 
 /// How many compiled components the cache keeps.
 const COMPILED_KEPT: usize = 32;
@@ -163,13 +192,35 @@ pub fn sha256_hex(parts: &[&[u8]]) -> String {
 
 impl Runtime {
     /// Must be called within a tokio runtime (it spawns the epoch ticker).
-    pub fn new(services: Services, limits: Limits) -> anyhow::Result<Self> {
-        let mut config = Config::new();
-        config.epoch_interruption(true).wasm_component_model(true);
-        let engine = Engine::new(&config)?;
+    /// With `compiled_dir`, compiled components are kept there (named by the
+    /// component's SHA-256 and the engine's configuration) and loaded from
+    /// there instead of being compiled again. It must be a directory only
+    /// this host's user can write: the host runs the native code it finds
+    /// there.
+    pub fn new(services: Services, limits: Limits, compiled_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let engine = match Engine::new(&engine_config(limits, true)) {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot reserve the instance pool ({e:#}); instances are allocated on demand, which is slower"
+                );
+                Engine::new(&engine_config(limits, false))?
+            }
+        };
 
         let mut linker = Linker::new(&engine);
         capabilities::link(&mut linker)?;
+
+        let disk = match compiled_dir {
+            Some(dir) => match DiskCache::open(&engine, dir) {
+                Ok(disk) => Some(disk),
+                Err(e) => {
+                    tracing::warn!("no cache of compiled components: {e:#}");
+                    None
+                }
+            },
+            None => None,
+        };
 
         let ticker = {
             let engine = engine.clone();
@@ -182,7 +233,15 @@ impl Runtime {
             })
         };
         Ok(Runtime {
-            inner: Arc::new(RuntimeInner { engine, linker, services, limits, ticker, compiled: Mutex::default() }),
+            inner: Arc::new(RuntimeInner {
+                engine,
+                disk,
+                linker,
+                services,
+                limits,
+                ticker,
+                compiled: Mutex::default(),
+            }),
         })
     }
 
@@ -194,37 +253,150 @@ impl Runtime {
         self.inner.limits
     }
 
-    /// Compiles `bytes` into a function ready to run with `grants`. Fails
-    /// with a clear message for anything that is not a component of the
-    /// `stream-function` world, or that imports more than the world gives.
+    /// Compiles `bytes` into a function ready to run with `grants`, or
+    /// takes it from the caches. Fails with a clear message for anything
+    /// that is not a component of the `stream-function` world, or that
+    /// imports more than the world and the sandbox give.
     pub async fn load(&self, name: &str, bytes: &[u8], grants: Grants) -> anyhow::Result<Function> {
         check_header(bytes)?;
-        let digest = sha256_hex(&[bytes]);
-        let cached = self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&digest);
-        let component = match cached {
-            Some(component) => component,
-            None => {
-                let engine = self.inner.engine.clone();
-                let owned = bytes.to_vec();
-                let component = tokio::task::spawn_blocking(move || Component::from_binary(&engine, &owned))
-                    .await?
-                    .map_err(anyhow::Error::from)
-                    .context("not a valid WebAssembly component")?;
-                self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(digest, component.clone());
-                component
-            }
-        };
+        let component = self.compile(bytes).await?;
+        sandbox::check_imports(&component)?;
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow::anyhow!(
-                "the component needs imports Runnel does not give ({e:#}); a function may import only \
-                 runnel:function/{{{}}}",
-                capabilities::NAMES.join(",")
-            )
+            anyhow::anyhow!("the component's imports do not match what Runnel gives ({e:#})")
         })?;
         let pre = StreamFunctionPre::new(instance_pre)
             .map_err(anyhow::Error::from)
             .context("the component does not export `handle` of the runnel:function world")?;
         Ok(Function { name: Arc::from(name), grants, pre, runtime: self.clone() })
+    }
+
+    /// The compiled `bytes`: from memory, from disk, or compiled now (on a
+    /// blocking thread, so nothing else waits for it) and kept in both.
+    async fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        let digest = sha256_hex(&[bytes]);
+        let cached = self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&digest);
+        if let Some(component) = cached {
+            return Ok(component);
+        }
+        let runtime = self.clone();
+        let owned = bytes.to_vec();
+        let key = digest.clone();
+        let component = tokio::task::spawn_blocking(move || {
+            let inner = &runtime.inner;
+            if let Some(component) = inner.disk.as_ref().and_then(|disk| disk.load(&inner.engine, &key)) {
+                return Ok(component);
+            }
+            let component = Component::from_binary(&inner.engine, &owned)
+                .map_err(anyhow::Error::from)
+                .context("not a valid WebAssembly component")?;
+            if let Some(disk) = &inner.disk {
+                disk.store(&key, &component);
+            }
+            anyhow::Ok(component)
+        })
+        .await??;
+        self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(digest, component.clone());
+        Ok(component)
+    }
+}
+
+/// The engine's configuration: async calls, epoch deadlines, and (when
+/// `pooled`) the pooling allocator sized for [`POOLED_INSTANCES`].
+fn engine_config(limits: Limits, pooled: bool) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true).wasm_component_model(true);
+    if pooled {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOLED_INSTANCES)
+            .total_stacks(POOLED_INSTANCES)
+            .total_core_instances(POOLED_INSTANCES * 4)
+            .total_memories(POOLED_INSTANCES * 2)
+            .total_tables(POOLED_INSTANCES * 8)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(1 << 20)
+            .table_elements(TABLE_ELEMENTS)
+            .max_memory_size(limits.max_memory_bytes)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            // Resets only the pages an instance touched; where the kernel
+            // cannot (before Linux 6.7), slots are reset the older way.
+            .pagemap_scan(Enabled::Auto);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Compiled components on disk, one file per component and engine
+/// configuration: `<sha-256 of the component>-<engine hash>.cwasm`.
+struct DiskCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+impl DiskCache {
+    fn open(engine: &Engine, dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Hash what decides whether compiled code fits this engine: the
+        // wasmtime version, the compiler's settings and the target.
+        struct Sha(Sha256);
+        impl std::hash::Hasher for Sha {
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+            fn finish(&self) -> u64 {
+                0
+            }
+        }
+        let mut sha = Sha(Sha256::new());
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut sha);
+        let engine_key = sha.0.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Ok(DiskCache { dir, engine_key })
+    }
+
+    fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
+    }
+
+    /// The compiled component, if a usable one is on disk. A file that does
+    /// not load (damaged, or from another build) is removed.
+    fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let path = self.path(digest);
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: files in the cache are written only by `store` below, from
+        // `Component::serialize` of this engine's configuration (the name
+        // says which); wasmtime still checks the header and the
+        // configuration before using one.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "compiled component not usable, compiling again: {e:#}");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Writes the compiled component (whole, by rename) for the next start
+    /// or the next host; failing to is only a warning.
+    fn store(&self, digest: &str, component: &Component) {
+        let path = self.path(digest);
+        let write = || -> anyhow::Result<()> {
+            let bytes = component.serialize()?;
+            let part = path.with_extension(format!("part-{}", std::process::id()));
+            std::fs::write(&part, bytes)?;
+            std::fs::rename(&part, &path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&part);
+            })?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::warn!(path = %path.display(), "cannot keep the compiled component: {e:#}");
+        }
     }
 }
 
@@ -274,12 +446,20 @@ impl Function {
             Ok(Ok(Ok(()))) => Outcome::Handled,
             Ok(Ok(Err(declined))) => Outcome::Declined(declined),
             Ok(Err(CallError::Run(trap))) => Outcome::Failed(trap.into()),
+            // Every slot of the pool is in use: a passing condition.
+            Ok(Err(CallError::Start(e))) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
+                Outcome::Declined(HandlerError::RetryLater(format!("the host is at its limit of instances ({e})")))
+            }
             Ok(Err(CallError::Start(e))) => Outcome::NotStarted(anyhow::Error::from(e).context("cannot instantiate")),
             Err(_) => {
                 Outcome::Failed(anyhow::anyhow!("did not finish within {:?} (waiting on a host call)", limits.timeout))
             }
         };
-        let logging = &mut store.data_mut().logging;
+        let state = store.data_mut();
+        for (stream, lines, dropped) in state.sandbox.take_output() {
+            state.logging.record_output(stream, lines, dropped);
+        }
+        let logging = &mut state.logging;
         let mut logs = std::mem::take(&mut logging.lines);
         if logging.dropped > 0 {
             logs.push(LogLine { level: "warn", message: format!("… {} more lines not kept", logging.dropped) });
@@ -290,13 +470,14 @@ impl Function {
     fn store(&self, limits: Limits, calls: &Calls) -> Store<InstanceState> {
         let inner = &self.runtime.inner;
         // Bounds on everything a component can make, not just each memory's
-        // size: a Rust component needs one memory and a few small tables.
+        // size: a Rust component needs one memory and a few small tables, a
+        // Python one 14 core instances.
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.max_memory_bytes)
-            .memories(2)
-            .tables(8)
-            .table_elements(100_000)
-            .instances(8)
+            .memories(MEMORIES_PER_COMPONENT as usize)
+            .tables(TABLES_PER_COMPONENT as usize)
+            .table_elements(TABLE_ELEMENTS)
+            .instances(CORE_INSTANCES_PER_COMPONENT as usize)
             .trap_on_grow_failure(false)
             .build();
         let state = inner.services.instance(&self.name, &self.grants, store_limits, calls);

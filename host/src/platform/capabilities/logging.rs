@@ -47,8 +47,11 @@ impl Capability for Logging {
     }
 }
 
-impl wit::Host for State {
-    async fn log(&mut self, level: wit::Level, mut message: String) {
+impl State {
+    /// Keeps one line of the call (cut to [`MAX_LINE_BYTES`]) and writes it
+    /// to the host's log with the function's name and where it came from
+    /// (`logging`, `stdout` or `stderr`).
+    pub fn record(&mut self, level: wit::Level, source: &'static str, mut message: String) {
         if message.len() > MAX_LINE_BYTES {
             let mut end = MAX_LINE_BYTES;
             while !message.is_char_boundary(end) {
@@ -60,23 +63,23 @@ impl wit::Host for State {
         let function = &*self.function;
         let level = match level {
             wit::Level::Trace => {
-                tracing::trace!(function, "{message}");
+                tracing::trace!(function, source, "{message}");
                 "trace"
             }
             wit::Level::Debug => {
-                tracing::debug!(function, "{message}");
+                tracing::debug!(function, source, "{message}");
                 "debug"
             }
             wit::Level::Info => {
-                tracing::info!(function, "{message}");
+                tracing::info!(function, source, "{message}");
                 "info"
             }
             wit::Level::Warn => {
-                tracing::warn!(function, "{message}");
+                tracing::warn!(function, source, "{message}");
                 "warn"
             }
             wit::Level::Error => {
-                tracing::error!(function, "{message}");
+                tracing::error!(function, source, "{message}");
                 "error"
             }
         };
@@ -85,5 +88,23 @@ impl wit::Host for State {
         } else {
             self.dropped += 1;
         }
+    }
+
+    /// Keeps what the call wrote to stdout (as info lines) or stderr (as
+    /// warnings), noting how many bytes the sandbox dropped.
+    pub fn record_output(&mut self, stream: &'static str, lines: Vec<String>, dropped_bytes: usize) {
+        let level = if stream == "stderr" { wit::Level::Warn } else { wit::Level::Info };
+        for line in lines {
+            self.record(level, stream, line);
+        }
+        if dropped_bytes > 0 {
+            self.record(wit::Level::Warn, stream, format!("… {dropped_bytes} more bytes of {stream} not kept"));
+        }
+    }
+}
+
+impl wit::Host for State {
+    async fn log(&mut self, level: wit::Level, message: String) {
+        self.record(level, "logging", message);
     }
 }

@@ -25,7 +25,7 @@ use std::{fmt::Debug, sync::Arc};
 use anyhow::Context as _;
 use serde::de::DeserializeOwned;
 
-use super::journal::Calls;
+use super::{journal::Calls, sandbox::Sandbox};
 use wasmtime::{StoreLimits, component::Linker};
 
 /// How a capability plugs into the host; see the module documentation.
@@ -77,6 +77,9 @@ macro_rules! capabilities {
         pub struct InstanceState {
             $( pub $name: <$ty as Capability>::State, )*
             pub(crate) limits: StoreLimits,
+            /// The locked-down WASI every instance has (not a capability:
+            /// it grants nothing).
+            pub(crate) sandbox: Sandbox,
         }
 
         /// The names of the capabilities, as manifests and WIT name them.
@@ -101,14 +104,18 @@ macro_rules! capabilities {
 
             /// The state of a new instance of `function`, journaled in `calls`.
             pub fn instance(&self, function: &Arc<str>, grants: &Grants, limits: StoreLimits, calls: &Calls) -> InstanceState {
-                InstanceState { $( $name: self.$name.instance(function, &grants.$name, calls), )* limits }
+                InstanceState {
+                    $( $name: self.$name.instance(function, &grants.$name, calls), )*
+                    limits,
+                    sandbox: Sandbox::new(),
+                }
             }
         }
 
-        /// Links every capability's interface.
+        /// Links every capability's interface, and the sandbox's WASI.
         pub fn link(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
             $( <$ty as Capability>::link(linker, |state: &mut InstanceState| &mut state.$name)?; )*
-            Ok(())
+            super::sandbox::link(linker)
         }
     };
 }

@@ -3,6 +3,9 @@
 //!
 //! ```toml
 //! name = "store-alert-to-email"       # must match the file / route name
+//! language = "rust"                   # optional: rust, python or js; only
+//!                                     # the build reads it (the host runs
+//!                                     # any component)
 //!
 //! [trigger.kafka]
 //! topic = "store-alerts-topic"
@@ -41,9 +44,22 @@ use crate::platform::{capabilities::ManifestGrants, runtime::Message};
 pub struct Manifest {
     #[serde(deserialize_with = "function_name")]
     pub name: String,
+    /// What the function is written in, for `scripts/build-function`; when
+    /// absent, the build tells by the folder's files.
+    #[serde(default)]
+    pub language: Option<Language>,
     pub trigger: Trigger,
     #[serde(default)]
     pub capabilities: ManifestGrants,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Rust,
+    Python,
+    #[serde(alias = "javascript")]
+    Js,
 }
 
 #[derive(Debug, Clone, Deserialize)]
