@@ -190,3 +190,43 @@ async fn traps_loops_and_memory_hogs_end_the_call_not_the_host() {
     // Every call gets a fresh instance: the function still works.
     assert!(matches!(f.handle(&message("ok")).await, Outcome::Handled));
 }
+
+/// The n of the probe's `count n` log line.
+async fn count(f: &runnel::platform::runtime::Function) -> String {
+    let invocation = f.invoke(&message("count")).await;
+    assert!(matches!(invocation.outcome, Outcome::Handled), "{:?}", invocation.outcome);
+    invocation.logs.iter().find_map(|l| l.message.strip_prefix("count ").map(str::to_owned)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_instances_share_nothing_and_reused_ones_are_bounded() {
+    let rt = runtime(Limits::default()).await;
+    let fresh = rt.load("probe", &fixture("probe"), grants(&rt)).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(count(&fresh).await, "1", "a fresh instance per message");
+    }
+
+    // Up to three messages per instance.
+    let reused = rt.load("probe", &fixture("probe"), grants(&rt)).await.unwrap().reusing(3, Duration::from_secs(60));
+    let counts: Vec<String> = counts(&reused, 4).await;
+    assert_eq!(counts, ["1", "2", "3", "1"]);
+    // Anything but `handled` throws the instance away.
+    assert!(matches!(reused.handle(&message("bad-input")).await, Outcome::Declined(_)));
+    assert_eq!(count(&reused).await, "1");
+    let Outcome::Failed(_) = reused.handle(&message("trap")).await else { panic!("a trap") };
+    assert_eq!(count(&reused).await, "1");
+    // And so does age.
+    let aged = rt.load("probe", &fixture("probe"), grants(&rt)).await.unwrap().reusing(100, Duration::from_millis(200));
+    assert_eq!(count(&aged).await, "1");
+    assert_eq!(count(&aged).await, "2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&aged).await, "1");
+}
+
+async fn counts(f: &runnel::platform::runtime::Function, n: usize) -> Vec<String> {
+    let mut counts = Vec::new();
+    for _ in 0..n {
+        counts.push(count(f).await);
+    }
+    counts
+}

@@ -49,7 +49,7 @@ pub mod bindings {
 
 pub use bindings::runnel::function::types::Header;
 pub use bindings::{HandlerError, Message};
-use bindings::StreamFunctionPre;
+use bindings::{StreamFunction, StreamFunctionPre};
 
 /// How often the engine's epoch advances; deadlines are counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -267,7 +267,7 @@ impl Runtime {
         let pre = StreamFunctionPre::new(instance_pre)
             .map_err(anyhow::Error::from)
             .context("the component does not export `handle` of the runnel:function world")?;
-        Ok(Function { name: Arc::from(name), grants, pre, runtime: self.clone() })
+        Ok(Function { name: Arc::from(name), grants, pre, runtime: self.clone(), reuse: None })
     }
 
     /// The compiled `bytes`: from memory, from disk, or compiled now (on a
@@ -415,16 +415,47 @@ fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A compiled function with its grants: instantiated afresh for every message.
+/// A compiled function with its grants: instantiated afresh for every
+/// message, or (opted in with [`Function::reusing`]) from a few warm
+/// instances that each serve a bounded number of messages.
 #[derive(Clone)]
 pub struct Function {
     name: Arc<str>,
     grants: Grants,
     pre: StreamFunctionPre<InstanceState>,
     runtime: Runtime,
+    reuse: Option<Arc<Reuse>>,
+}
+
+/// Instance reuse: its bounds and the instances waiting for a message.
+struct Reuse {
+    max_messages: u32,
+    max_age: Duration,
+    idle: Mutex<Vec<Warm>>,
+}
+
+/// Idle instances kept per function (one per worker handling it at once is
+/// enough; more are dropped).
+const IDLE_KEPT: usize = 16;
+
+/// An instance that handled its last message and may take another.
+struct Warm {
+    store: Store<InstanceState>,
+    instance: StreamFunction,
+    served: u32,
+    born: std::time::Instant,
 }
 
 impl Function {
+    /// This function with instance reuse: an instance serves up to
+    /// `max_messages` messages for at most `max_age`, and is thrown away
+    /// after any message it did not handle (trap, timeout, or an error
+    /// answer).
+    pub fn reusing(mut self, max_messages: u32, max_age: Duration) -> Self {
+        self.reuse = Some(Arc::new(Reuse { max_messages: max_messages.max(1), max_age, idle: Mutex::default() }));
+        self
+    }
+
     /// Runs `message` through a new instance, its calls not journaled.
     pub async fn handle(&self, message: &Message) -> Outcome {
         self.invoke(message).await.outcome
@@ -436,24 +467,40 @@ impl Function {
         self.run(message, &Calls::unjournaled(self.name.clone())).await
     }
 
-    /// Runs `message` through a new instance whose capability calls go
-    /// through `calls`, the journal of this record.
+    /// Runs `message` through an instance whose capability calls go through
+    /// `calls`, the journal of this record: a new one, or with reuse, a warm
+    /// one when there is one.
     pub async fn run(&self, message: &Message, calls: &Calls) -> Invocation {
         let limits = self.runtime.inner.limits;
-        let mut store = self.store(limits, calls);
-        let run = self.call(&mut store, message);
-        let outcome = match tokio::time::timeout(limits.timeout + EPOCH_TICK * 10, run).await {
-            Ok(Ok(Ok(()))) => Outcome::Handled,
-            Ok(Ok(Err(declined))) => Outcome::Declined(declined),
-            Ok(Err(CallError::Run(trap))) => Outcome::Failed(trap.into()),
+        let warm = self.reuse.as_ref().and_then(|reuse| {
+            let mut idle = reuse.idle.lock().unwrap_or_else(|e| e.into_inner());
+            std::iter::from_fn(|| idle.pop()).find(|warm| warm.born.elapsed() < reuse.max_age)
+        });
+        let (mut store, instance, served, born) = match warm {
+            Some(mut warm) => {
+                warm.store.data_mut().renew(&self.runtime.inner.services, &self.name, &self.grants, calls);
+                (warm.store, Some(warm.instance), warm.served, warm.born)
+            }
+            None => (self.store(limits, calls), None, 0, std::time::Instant::now()),
+        };
+        store.set_epoch_deadline(1);
+        let run = self.call(&mut store, instance, message);
+        let (outcome, instance) = match tokio::time::timeout(limits.timeout + EPOCH_TICK * 10, run).await {
+            Ok(Ok((instance, Ok(())))) => (Outcome::Handled, Some(instance)),
+            Ok(Ok((_, Err(declined)))) => (Outcome::Declined(declined), None),
+            Ok(Err(CallError::Run(trap))) => (Outcome::Failed(trap.into()), None),
             // Every slot of the pool is in use: a passing condition.
-            Ok(Err(CallError::Start(e))) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
-                Outcome::Declined(HandlerError::RetryLater(format!("the host is at its limit of instances ({e})")))
+            Ok(Err(CallError::Start(e))) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => (
+                Outcome::Declined(HandlerError::RetryLater(format!("the host is at its limit of instances ({e})"))),
+                None,
+            ),
+            Ok(Err(CallError::Start(e))) => {
+                (Outcome::NotStarted(anyhow::Error::from(e).context("cannot instantiate")), None)
             }
-            Ok(Err(CallError::Start(e))) => Outcome::NotStarted(anyhow::Error::from(e).context("cannot instantiate")),
-            Err(_) => {
-                Outcome::Failed(anyhow::anyhow!("did not finish within {:?} (waiting on a host call)", limits.timeout))
-            }
+            Err(_) => (
+                Outcome::Failed(anyhow::anyhow!("did not finish within {:?} (waiting on a host call)", limits.timeout)),
+                None,
+            ),
         };
         let state = store.data_mut();
         for (stream, lines, dropped) in state.sandbox.take_output() {
@@ -463,6 +510,16 @@ impl Function {
         let mut logs = std::mem::take(&mut logging.lines);
         if logging.dropped > 0 {
             logs.push(LogLine { level: "warn", message: format!("… {} more lines not kept", logging.dropped) });
+        }
+        // Only an instance that handled its message may take another.
+        if let (Some(reuse), Some(instance)) = (&self.reuse, instance)
+            && served + 1 < reuse.max_messages
+            && born.elapsed() < reuse.max_age
+        {
+            let mut idle = reuse.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < IDLE_KEPT {
+                idle.push(Warm { store, instance, served: served + 1, born });
+            }
         }
         Invocation { outcome, logs }
     }
@@ -483,11 +540,10 @@ impl Function {
         let state = inner.services.instance(&self.name, &self.grants, store_limits, calls);
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limits);
-        // Yield to tokio at every tick, and trap once the deadline has passed.
-        let started = std::time::Instant::now();
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if started.elapsed() > limits.timeout {
+        // Yield to tokio at every tick, and trap once the call in progress
+        // has run past its deadline.
+        store.epoch_deadline_callback(move |store| {
+            if store.data().call_started.elapsed() > limits.timeout {
                 wasmtime::bail!("ran longer than {:?}", limits.timeout)
             }
             Ok(UpdateDeadline::Yield(1))
@@ -495,8 +551,19 @@ impl Function {
         store
     }
 
-    async fn call(&self, store: &mut Store<InstanceState>, message: &Message) -> Result<Result<(), HandlerError>, CallError> {
-        let instance = self.pre.instantiate_async(&mut *store).await.map_err(CallError::Start)?;
-        instance.call_handle(&mut *store, message).await.map_err(CallError::Run)
+    /// Calls `handle` on `instance`, or on a new one; returns the instance
+    /// with the answer.
+    async fn call(
+        &self,
+        store: &mut Store<InstanceState>,
+        instance: Option<StreamFunction>,
+        message: &Message,
+    ) -> Result<(StreamFunction, Result<(), HandlerError>), CallError> {
+        let instance = match instance {
+            Some(instance) => instance,
+            None => self.pre.instantiate_async(&mut *store).await.map_err(CallError::Start)?,
+        };
+        let answer = instance.call_handle(&mut *store, message).await.map_err(CallError::Run)?;
+        Ok((instance, answer))
     }
 }

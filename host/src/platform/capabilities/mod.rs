@@ -80,6 +80,8 @@ macro_rules! capabilities {
             /// The locked-down WASI every instance has (not a capability:
             /// it grants nothing).
             pub(crate) sandbox: Sandbox,
+            /// When the call in progress started (its deadline counts from it).
+            pub(crate) call_started: std::time::Instant,
         }
 
         /// The names of the capabilities, as manifests and WIT name them.
@@ -108,7 +110,18 @@ macro_rules! capabilities {
                     $( $name: self.$name.instance(function, &grants.$name, calls), )*
                     limits,
                     sandbox: Sandbox::new(),
+                    call_started: std::time::Instant::now(),
                 }
+            }
+        }
+
+        impl InstanceState {
+            /// Readies a reused instance for the next record: every
+            /// capability's state is new (journaled in `calls`); the
+            /// sandbox and the limits stay.
+            pub fn renew(&mut self, services: &Services, function: &Arc<str>, grants: &Grants, calls: &Calls) {
+                $( self.$name = services.$name.instance(function, &grants.$name, calls); )*
+                self.call_started = std::time::Instant::now();
             }
         }
 

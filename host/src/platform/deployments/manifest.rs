@@ -23,6 +23,11 @@
 //! backoff = "100ms"                   # first wait; doubles, with jitter…
 //! max-backoff = "30s"                 # …up to this
 //!
+//! [reuse]                            # optional: one instance serves up to
+//! max-messages = 1000                 # this many records of the function…
+//! max-seconds = 60                    # …for at most this long (default: a
+//!                                     # fresh instance per record)
+//!
 //! [capabilities.documents]
 //! write = ["store_alerts"]
 //! [capabilities.mail]
@@ -49,8 +54,31 @@ pub struct Manifest {
     #[serde(default)]
     pub language: Option<Language>,
     pub trigger: Trigger,
+    /// Instance reuse; none: a fresh instance for every record.
+    #[serde(default)]
+    pub reuse: Option<Reuse>,
     #[serde(default)]
     pub capabilities: ManifestGrants,
+}
+
+/// Opting in to instance reuse: an instance handles up to `max_messages`
+/// records, for at most `max_seconds`, and is thrown away after any record
+/// it did not handle (a trap, a timeout, an error answer). State a function
+/// leaves in its memory is seen by the next records, so fresh instances
+/// (the default) are the stronger isolation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Reuse {
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_messages: u32,
+    #[serde(default = "Reuse::default_seconds", deserialize_with = "at_least_one")]
+    pub max_seconds: u32,
+}
+
+impl Reuse {
+    fn default_seconds() -> u32 {
+        60
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -260,6 +288,9 @@ mod tests {
         assert!(m.capabilities.mail.enabled);
         assert_eq!(m.capabilities.documents.write, ["store_alerts"]);
         assert!(m.capabilities.config.contains_key("distribution-list"));
+        assert_eq!((m.language, m.reuse), (None, None));
+        let m = Manifest::parse("name = 'x'\nlanguage = 'python'\n[trigger.kafka]\ntopic = 't'\n[reuse]\nmax-messages = 50").unwrap();
+        assert_eq!((m.language, m.reuse), (Some(Language::Python), Some(Reuse { max_messages: 50, max_seconds: 60 })));
     }
 
     #[test]
@@ -278,6 +309,9 @@ mod tests {
             ("name = 'x'\n[trigger.kafka]\ntopic = 'a/b'", "line 3: 'a/b' is not a valid topic name"),
             ("name = 'x'\n[trigger.kafka]\ntopic = 't'\ngroup = ' '", "line 4: a group name must not be empty"),
             ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[trigger.kafka.filter]\nkey = 'a'", "line 5: unknown field `key`"),
+            ("name = 'x'\nlanguage = 'cobol'\n[trigger.kafka]\ntopic = 't'", "line 2: unknown variant `cobol`"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[reuse]\nmax-messages = 0", "line 5: must be at least 1"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[reuse]\nmax-seconds = 5", "missing field `max-messages`"),
         ] {
             let e = Manifest::parse(text).unwrap_err().to_string();
             assert!(e.contains(expected), "{text:?}: {e}");

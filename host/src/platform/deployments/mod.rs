@@ -160,8 +160,11 @@ impl Deployer {
             .services()
             .resolve(&manifest.name, &manifest.capabilities, &*env)
             .map_err(DeployError::Grants)?;
-        let function =
+        let mut function =
             self.inner.runtime.load(&manifest.name, component, grants).await.map_err(DeployError::Component)?;
+        if let Some(reuse) = manifest.reuse {
+            function = function.reusing(reuse.max_messages, Duration::from_secs(reuse.max_seconds.into()));
+        }
         Ok(Deployment { version: version_id(manifest_text, component), manifest, function })
     }
 
