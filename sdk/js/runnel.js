@@ -71,11 +71,14 @@ export class Message {
   constructor(record) {
     this.topic = record.topic;
     this.partition = record.partition;
+    // Offsets and times are numbers (exact below 2^53, which Kafka's are in
+    // practice); `offsetBigInt` is the exact value.
     this.offset = Number(record.offset);
+    this.offsetBigInt = record.offset;
     this.key = record.key ?? null;
     this.payload = record.payload;
     this.headers = record.headers;
-    this.timestampMs = record.timestampMs === undefined ? null : Number(record.timestampMs);
+    this.timestampMs = record.timestampMs == null ? null : Number(record.timestampMs);
   }
 
   /** The payload as UTF-8 text; BadInput when it is not. */
@@ -97,10 +100,10 @@ export class Message {
     }
   }
 
-  /** The first header named `key`, as text, or null. */
+  /** The value (bytes) of the first header named `key`, or null. */
   header(key) {
     const header = this.headers.find((h) => h.key === key);
-    return header ? new TextDecoder().decode(header.value) : null;
+    return header ? header.value : null;
   }
 }
 
@@ -138,9 +141,12 @@ export function config(name) {
   return witConfig.get(name) ?? null;
 }
 
-/** A log line, written by the host with the function's name. */
+const LEVELS = ["trace", "debug", "info", "warn", "error"];
+
+/** A log line, written by the host with the function's name; `level` is one
+ * of trace, debug, info, warn, error (anything else: info). */
 export function log(message, level = "info") {
-  witLogging.log(level, String(message));
+  witLogging.log(LEVELS.includes(level) ? level : "info", String(message));
 }
 
 /** The host's clock, ms since the Unix epoch (journaled). */
@@ -155,7 +161,10 @@ export function exportHandler(handler) {
   }
   return (record) => {
     try {
-      handler(new Message(record));
+      const result = handler(new Message(record));
+      if (result && typeof result.then === "function") {
+        throw new Error("handle returned a Promise: a Runnel function is synchronous (its capabilities are)");
+      }
     } catch (e) {
       if (!(e instanceof HandlerError)) {
         // A bug in the function: its stack goes to the log (stderr), and the

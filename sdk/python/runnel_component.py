@@ -3,6 +3,7 @@ host's record into a `runnel.Message`, calls the function registered in the
 function's `app` module, and turns its exceptions into the world's
 `handler-error`. Built in by the Runnel build; not imported by functions."""
 
+import inspect
 import sys
 import traceback
 
@@ -32,7 +33,10 @@ class WitWorld(wit_world.WitWorld):
             timestamp_ms=message.timestamp_ms,
         )
         try:
-            _handle(msg)
+            result = _handle(msg)
+            if inspect.iscoroutine(result):
+                result.close()
+                raise TypeError("the function is async: a Runnel function is synchronous (its capabilities are)")
         except runnel.BadInput as e:
             raise Err(types.HandlerError_BadInput(str(e)))
         except runnel.RetryLater as e:

@@ -32,6 +32,13 @@ class StoreAlertToEmail(unittest.TestCase):
         with self.assertRaises(runnel.GiveUp):
             TestHost().run(app.handle, EVENT)
 
+    def test_an_outage_is_retried_and_a_missing_grant_gives_up(self):
+        listed = {"distribution-list": "a@example.com"}
+        with self.assertRaises(runnel.RetryLater):
+            TestHost(config=listed, unavailable={"mail"}).run(app.handle, EVENT)
+        with self.assertRaises(runnel.GiveUp):
+            TestHost(config=listed, grants=["elsewhere"]).run(app.handle, EVENT)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -48,14 +48,18 @@ fn locate(path: &Path, component: Option<&Path>, build: bool) -> anyhow::Result<
     if let Some(component) = component {
         return Ok((manifest, component.to_path_buf()));
     }
-    // A Python or JavaScript function: scripts/build-function writes
-    // `<folder>/<folder name>.wasm`.
-    if path.is_dir() && crate_dir.as_ref().is_some_and(|dir| !dir.join("Cargo.toml").exists()) {
+    // A Python or JavaScript function's folder: scripts/build-function
+    // writes `<folder>/<folder name>.wasm`.
+    let folder = manifest.parent().filter(|_| manifest.file_name().is_some_and(|n| n == "runnel.toml"));
+    if let Some(folder) = folder
+        && !folder.join("Cargo.toml").exists()
+    {
         if build {
-            bail!("--build builds Rust crates; build this function with scripts/build-function '{}'", path.display());
+            bail!("--build builds Rust crates; build this function with scripts/build-function '{}'", folder.display());
         }
-        let name = path.canonicalize()?.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        return Ok((manifest, path.join(format!("{name}.wasm"))));
+        let folder = folder.canonicalize().with_context(|| format!("'{}'", folder.display()))?;
+        let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        return Ok((manifest, folder.join(format!("{name}.wasm"))));
     }
     let beside = manifest.with_extension("wasm");
     let crate_dir = match crate_dir {

@@ -39,7 +39,6 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
         bail!("'{}' already exists", dir.display());
     }
     let topic = args.topic.as_deref().unwrap_or(name);
-    let ident = name.replace('-', "_");
     let language = match args.lang {
         Lang::Rust => "rust",
         Lang::Python => "python",
@@ -51,7 +50,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
             ("Cargo.toml", CARGO.replace("{name}", name)),
             manifest,
             ("src/lib.rs", LIB.replace("{name}", name)),
-            ("tests/invoke.rs", TEST.replace("{name}", name).replace("{ident}", &ident)),
+            ("tests/invoke.rs", TEST.replace("{name}", name)),
         ],
         Lang::Python => vec![manifest, ("app.py", PYTHON.replace("{name}", name)), ("test_app.py", PYTHON_TEST.into())],
         Lang::Js => vec![manifest, ("app.js", JS.replace("{name}", name))],

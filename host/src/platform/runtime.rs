@@ -80,7 +80,7 @@ struct RuntimeInner {
     engine: Engine,
     /// Where compiled components are kept across starts, and the engine's
     /// part of their file names.
-    disk: Option<DiskCache>,
+    disk: Option<Arc<DiskCache>>,
     linker: Linker<InstanceState>,
     services: Services,
     limits: Limits,
@@ -109,8 +109,10 @@ const MEMORIES_PER_COMPONENT: u32 = 4;
 const TABLES_PER_COMPONENT: u32 = 32;
 const TABLE_ELEMENTS: usize = 100_000;
 
-/// Memory and table pages a freed slot keeps resident for the next instance.
-const KEEP_RESIDENT: usize = 32 << 20;
+/// Memory and table bytes a freed slot keeps resident for the next instance,
+/// and how many freed slots stay warm: at most 64 × 8 MiB resident for them.
+const KEEP_RESIDENT: usize = 8 << 20;
+const WARM_SLOTS: u32 = 64;
 
 /// How many compiled components the cache keeps.
 const COMPILED_KEPT: usize = 32;
@@ -213,7 +215,7 @@ impl Runtime {
 
         let disk = match compiled_dir {
             Some(dir) => match DiskCache::open(&engine, dir) {
-                Ok(disk) => Some(disk),
+                Ok(disk) => Some(Arc::new(disk)),
                 Err(e) => {
                     tracing::warn!("no cache of compiled components: {e:#}");
                     None
@@ -259,7 +261,8 @@ impl Runtime {
     /// imports more than the world and the sandbox give.
     pub async fn load(&self, name: &str, bytes: &[u8], grants: Grants) -> anyhow::Result<Function> {
         check_header(bytes)?;
-        let component = self.compile(bytes).await?;
+        let digest = sha256_hex(&[bytes]);
+        let (component, fresh) = self.compile(&digest, bytes).await?;
         sandbox::check_imports(&component)?;
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("the component's imports do not match what Runnel gives ({e:#})")
@@ -267,36 +270,37 @@ impl Runtime {
         let pre = StreamFunctionPre::new(instance_pre)
             .map_err(anyhow::Error::from)
             .context("the component does not export `handle` of the runnel:function world")?;
+        // Kept only once it passed every check.
+        self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(digest.clone(), component.clone());
+        if fresh && let Some(disk) = self.inner.disk.clone() {
+            let component = component.clone();
+            tokio::task::spawn_blocking(move || disk.store(&digest, &component));
+        }
         Ok(Function { name: Arc::from(name), grants, pre, runtime: self.clone(), reuse: None })
     }
 
-    /// The compiled `bytes`: from memory, from disk, or compiled now (on a
-    /// blocking thread, so nothing else waits for it) and kept in both.
-    async fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        let digest = sha256_hex(&[bytes]);
-        let cached = self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&digest);
+    /// The compiled `bytes` (whose SHA-256 is `digest`), from memory, from
+    /// disk, or compiled now (on a blocking thread, so nothing else waits for
+    /// it); true when compiled now.
+    async fn compile(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<(Component, bool)> {
+        let cached = self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(digest);
         if let Some(component) = cached {
-            return Ok(component);
+            return Ok((component, false));
         }
         let runtime = self.clone();
         let owned = bytes.to_vec();
-        let key = digest.clone();
-        let component = tokio::task::spawn_blocking(move || {
+        let key = digest.to_string();
+        tokio::task::spawn_blocking(move || {
             let inner = &runtime.inner;
             if let Some(component) = inner.disk.as_ref().and_then(|disk| disk.load(&inner.engine, &key)) {
-                return Ok(component);
+                return Ok((component, false));
             }
             let component = Component::from_binary(&inner.engine, &owned)
                 .map_err(anyhow::Error::from)
                 .context("not a valid WebAssembly component")?;
-            if let Some(disk) = &inner.disk {
-                disk.store(&key, &component);
-            }
-            anyhow::Ok(component)
+            anyhow::Ok((component, true))
         })
-        .await??;
-        self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(digest, component.clone());
-        Ok(component)
+        .await?
     }
 }
 
@@ -309,9 +313,12 @@ fn engine_config(limits: Limits, pooled: bool) -> Config {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(POOLED_INSTANCES)
             .total_stacks(POOLED_INSTANCES)
-            .total_core_instances(POOLED_INSTANCES * 4)
-            .total_memories(POOLED_INSTANCES * 2)
-            .total_tables(POOLED_INSTANCES * 8)
+            // Enough for every instance to be a Python one (14 core
+            // instances, 3 memories); slots are address space until used.
+            .total_core_instances(POOLED_INSTANCES * 16)
+            .total_memories(POOLED_INSTANCES * 3)
+            .total_tables(POOLED_INSTANCES * 16)
+            .max_unused_warm_slots(WARM_SLOTS)
             .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
             .max_memories_per_component(MEMORIES_PER_COMPONENT)
             .max_tables_per_component(TABLES_PER_COMPONENT)
@@ -338,7 +345,7 @@ struct DiskCache {
 
 impl DiskCache {
     fn open(engine: &Engine, dir: PathBuf) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Self::own_dir(&dir)?;
         // Hash what decides whether compiled code fits this engine: the
         // wasmtime version, the compiler's settings and the target.
         struct Sha(Sha256);
@@ -354,6 +361,31 @@ impl DiskCache {
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut sha);
         let engine_key = sha.0.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
         Ok(DiskCache { dir, engine_key })
+    }
+
+    /// Creates `dir` for this user only, or checks that an existing one is
+    /// this user's and that no one else can write to it: the host runs the
+    /// code it finds there.
+    fn own_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let metadata = std::fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
+        // Who this process is: the owner of a file it creates.
+        let probe = dir.join(format!(".owner-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::File::create(&probe).with_context(|| format!("cannot write in {}", dir.display()))?;
+        let me = std::fs::metadata(&probe).map(|m| m.uid());
+        let _ = std::fs::remove_file(&probe);
+        if metadata.uid() != me? {
+            bail!("{} belongs to another user (uid {})", dir.display(), metadata.uid());
+        }
+        if metadata.permissions().mode() & 0o022 != 0 {
+            bail!("{} can be written by other users (mode {:o}); chmod go-w it", dir.display(), metadata.permissions().mode() & 0o777);
+        }
+        Ok(())
     }
 
     fn path(&self, digest: &str) -> PathBuf {
@@ -387,8 +419,11 @@ impl DiskCache {
         let path = self.path(digest);
         let write = || -> anyhow::Result<()> {
             let bytes = component.serialize()?;
-            let part = path.with_extension(format!("part-{}", std::process::id()));
-            std::fs::write(&part, bytes)?;
+            // A name no other writer (thread, process, host) uses.
+            let part = path.with_extension(format!("part-{}", uuid::Uuid::new_v4().simple()));
+            let mut file = std::fs::File::create(&part)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
             std::fs::rename(&part, &path).inspect_err(|_| {
                 let _ = std::fs::remove_file(&part);
             })?;
@@ -438,6 +473,28 @@ struct Reuse {
 /// enough; more are dropped).
 const IDLE_KEPT: usize = 16;
 
+impl Reuse {
+    /// A warm instance young enough to serve, dropping those too old.
+    fn take(&self) -> Option<Warm> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|warm| warm.born.elapsed() < self.max_age);
+        idle.pop()
+    }
+
+    fn put(&self, warm: Warm) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|warm| warm.born.elapsed() < self.max_age);
+        if idle.len() < IDLE_KEPT && warm.born.elapsed() < self.max_age {
+            idle.push(warm);
+        }
+    }
+
+    /// Gives the pool back every idle instance.
+    fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 /// An instance that handled its last message and may take another.
 struct Warm {
     store: Store<InstanceState>,
@@ -472,10 +529,7 @@ impl Function {
     /// one when there is one.
     pub async fn run(&self, message: &Message, calls: &Calls) -> Invocation {
         let limits = self.runtime.inner.limits;
-        let warm = self.reuse.as_ref().and_then(|reuse| {
-            let mut idle = reuse.idle.lock().unwrap_or_else(|e| e.into_inner());
-            std::iter::from_fn(|| idle.pop()).find(|warm| warm.born.elapsed() < reuse.max_age)
-        });
+        let warm = self.reuse.as_ref().and_then(|reuse| reuse.take());
         let (mut store, instance, served, born) = match warm {
             Some(mut warm) => {
                 warm.store.data_mut().renew(&self.runtime.inner.services, &self.name, &self.grants, calls);
@@ -489,11 +543,16 @@ impl Function {
             Ok(Ok((instance, Ok(())))) => (Outcome::Handled, Some(instance)),
             Ok(Ok((_, Err(declined)))) => (Outcome::Declined(declined), None),
             Ok(Err(CallError::Run(trap))) => (Outcome::Failed(trap.into()), None),
-            // Every slot of the pool is in use: a passing condition.
-            Ok(Err(CallError::Start(e))) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => (
-                Outcome::Declined(HandlerError::RetryLater(format!("the host is at its limit of instances ({e})"))),
-                None,
-            ),
+            // Every slot of the pool is in use: a passing condition of the
+            // host, retried like a service outage (not against the budget).
+            Ok(Err(CallError::Start(e))) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
+                if let Some(reuse) = &self.reuse {
+                    reuse.clear();
+                }
+                calls.note_unavailable().await;
+                let reason = format!("the host is at its limit of instances ({e})");
+                (Outcome::Declined(HandlerError::RetryLater(reason)), None)
+            }
             Ok(Err(CallError::Start(e))) => {
                 (Outcome::NotStarted(anyhow::Error::from(e).context("cannot instantiate")), None)
             }
@@ -514,12 +573,8 @@ impl Function {
         // Only an instance that handled its message may take another.
         if let (Some(reuse), Some(instance)) = (&self.reuse, instance)
             && served + 1 < reuse.max_messages
-            && born.elapsed() < reuse.max_age
         {
-            let mut idle = reuse.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < IDLE_KEPT {
-                idle.push(Warm { store, instance, served: served + 1, born });
-            }
+            reuse.put(Warm { store, instance, served: served + 1, born });
         }
         Invocation { outcome, logs }
     }

@@ -11,9 +11,11 @@
 //! - stdout and stderr are captured in memory, at most [`OUTPUT_KEPT`] bytes
 //!   each per call (the rest is counted and dropped, never an error), and
 //!   become the function's log lines;
-//! - clocks and random numbers are the host's. They are not journaled: a
-//!   function that needs the same time on a redelivered record uses the
-//!   `clock` capability.
+//! - clocks and random numbers are the host's (at most 64 KiB of random bytes
+//!   per request). They are not journaled: a function that needs the same
+//!   time on a redelivered record uses the `clock` capability;
+//! - at most [`MAX_RESOURCES`] WASI resources (streams, pollables…) at once,
+//!   so a function cannot grow the host's own memory through them.
 //!
 //! [`check_imports`] refuses, at deploy, a component importing anything
 //! beyond WASI p2 and the `runnel:function` world (e.g. `wasi:http`), naming
@@ -38,6 +40,10 @@ use super::capabilities::{self, InstanceState};
 /// Bytes of stdout, and of stderr, kept per call.
 pub const OUTPUT_KEPT: usize = 16 * 1024;
 
+/// WASI resources an instance may hold at once (the table lives in the
+/// host's memory, outside the instance's memory cap).
+pub const MAX_RESOURCES: usize = 10_000;
+
 /// The WASI packages a function may import (any 0.2.x version): the ones
 /// [`link`] provides, each locked down as the module documentation says.
 const WASI_PACKAGES: &[&str] = &["wasi:io", "wasi:clocks", "wasi:random", "wasi:cli", "wasi:filesystem", "wasi:sockets"];
@@ -60,8 +66,11 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
+            .max_random_size(64 * 1024)
             .build();
-        Sandbox { ctx, table: ResourceTable::new(), stdout, stderr }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        Sandbox { ctx, table, stdout, stderr }
     }
 
     /// What the call wrote to stdout and stderr, as lines, and how many bytes
@@ -119,7 +128,8 @@ fn allowed(import: &str) -> bool {
         return true;
     }
     let version = rest.split_once('@').map(|(_, version)| version);
-    WASI_PACKAGES.contains(&package) && version.is_some_and(|v| v.starts_with("0.2."))
+    // A released 0.2.x (wasmtime-wasi links those), not a pre-release.
+    WASI_PACKAGES.contains(&package) && version.is_some_and(|v| v.starts_with("0.2.") && !v.contains('-'))
 }
 
 /// A bounded in-memory stdout or stderr: keeps the first [`OUTPUT_KEPT`]
@@ -216,6 +226,7 @@ mod tests {
         assert!(allowed("runnel:function/documents@0.1.0"));
         assert!(!allowed("wasi:http/types@0.2.0"));
         assert!(!allowed("wasi:cli/stdout@0.3.0"));
+        assert!(!allowed("wasi:cli/stdout@0.2.0-rc-2023-11-10"));
         assert!(!allowed("wasi:cli/stdout"));
         assert!(!allowed("example:thing/api@1.0.0"));
         assert!(!allowed("plain-import"));
