@@ -421,7 +421,14 @@ pub struct OwnServers {
     pub database: Child,
     pub smtp: Child,
     smtp_port: u16,
-    _dir: PathBuf,
+    dir: PathBuf,
+}
+
+/// The servers' folder (their data and mail) goes with them.
+impl Drop for OwnServers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 async fn wait_port(port: u16, what: &str) {
@@ -472,7 +479,7 @@ impl OwnServers {
             database,
             smtp,
             smtp_port,
-            _dir: dir,
+            dir,
         }
     }
 
