@@ -41,15 +41,7 @@ async fn runtime(limits: Limits) -> Runtime {
 }
 
 fn message(payload: &str) -> Message {
-    Message {
-        topic: "probe".into(),
-        partition: 0,
-        offset: 0,
-        key: None,
-        payload: payload.as_bytes().to_vec(),
-        headers: vec![],
-        timestamp_ms: None,
-    }
+    Message::with_payload("probe", payload)
 }
 
 /// The grants of a manifest's `[capabilities]` table, given as TOML.

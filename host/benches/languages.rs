@@ -31,15 +31,7 @@ fn read(dir: &str, file: &str) -> Vec<u8> {
 }
 
 fn message(payload: &str) -> Message {
-    Message {
-        topic: "bench".into(),
-        partition: 0,
-        offset: 0,
-        key: None,
-        payload: payload.as_bytes().to_vec(),
-        headers: vec![],
-        timestamp_ms: None,
-    }
+    Message::with_payload("bench", payload)
 }
 
 async fn runtime(compiled_dir: Option<PathBuf>) -> Runtime {

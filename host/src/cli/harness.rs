@@ -42,16 +42,7 @@ impl Harness {
 
     /// Runs a record with `payload` (offset 0, no key, no headers).
     pub async fn invoke(&self, payload: &[u8]) -> Invocation {
-        let message = Message {
-            topic: self.topic.clone(),
-            partition: 0,
-            offset: 0,
-            key: None,
-            payload: payload.to_vec(),
-            headers: vec![],
-            timestamp_ms: None,
-        };
-        self.invoke_message(&message).await
+        self.invoke_message(&Message::with_payload(self.topic.clone(), payload)).await
     }
 
     pub async fn invoke_message(&self, message: &Message) -> Invocation {

@@ -49,6 +49,22 @@ pub mod bindings {
 
 pub use bindings::runnel::function::types::Header;
 pub use bindings::{HandlerError, Message};
+
+impl Message {
+    /// A record on `topic` with `payload`, at offset 0 of partition 0, with
+    /// no key, headers or timestamp (for the test harness, tests, benchmarks).
+    pub fn with_payload(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Message {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: payload.into(),
+            headers: vec![],
+            timestamp_ms: None,
+        }
+    }
+}
 use bindings::{StreamFunction, StreamFunctionPre};
 
 /// How often the engine's epoch advances; deadlines are counted in these.
