@@ -127,6 +127,13 @@ pub async fn store_alert_flow(servers: &Servers, host: &Host) -> Duration {
     .await;
     let next_put_to_mail = put_at.elapsed();
     println!("next PUT to mail received (group joined): {} ms", next_put_to_mail.as_millis());
+    // The mail is out before the function returns and its record is
+    // counted: wait for the count.
+    eventually(Duration::from_secs(10), "the second record counted as handled", || async {
+        let function = host.get_json("/admin/functions/store-alert-to-email").await;
+        (function["running"]["counters"]["handled"].as_u64().unwrap_or(0) >= 2).then_some(())
+    })
+    .await;
     let function = host.get_json("/admin/functions/store-alert-to-email").await;
     assert_eq!(function["state"], "running", "{function}");
     assert_eq!(function["running"]["topic"], "store-alerts-topic", "{function}");
