@@ -117,6 +117,49 @@ async fn a_duplicate_event_has_its_effects_once() {
     assert_eq!(alerts.len(), 2, "{alerts:?}");
 }
 
+/// With `max-in-flight`, records of other keys pass a record being
+/// retried, the records of its key wait for it (in order), and the offset
+/// committed stays before it until it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_keys_pass_a_retried_record_and_its_own_key_waits() {
+    let (servers, host, run, topic) = start("in-flight", 1).await;
+    let name = "in-flight";
+    let group = format!("in-flight-{run}");
+    let manifest = format!(
+        "name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\ngroup = '{group}'\nmax-in-flight = 4\n\
+         [trigger.kafka.retry]\nattempts = 1000\nbackoff = '50ms'\nmax-backoff = '200ms'\n"
+    );
+    deploy(&host, name, &manifest, &support::fixture("probe")).await;
+    counter_reaches(&host, name, "assignments", 1, Duration::from_secs(60)).await;
+
+    let hold = Duration::from_secs(10);
+    let until = chrono::Utc::now().timestamp_millis() + hold.as_millis() as i64;
+    let started = Instant::now();
+    produce(&servers.kafka_brokers, &topic, Some(0), "slow", format!("retry-until:{until}").as_bytes(), &[]).await;
+    produce(&servers.kafka_brokers, &topic, Some(0), "slow", b"ok", &[]).await;
+    for i in 0..5 {
+        produce(&servers.kafka_brokers, &topic, Some(0), &format!("fast-{i}"), b"ok", &[]).await;
+    }
+    // The five other keys are handled while offset 0 is retried; offset 1
+    // (its key) is not, and nothing is committed past offset 0.
+    counter_reaches(&host, name, "handled", 5, hold).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counters = host.counters(name).await;
+    let committed = support::committed_offset(&servers.kafka_brokers, &group, &topic, 0).await;
+    assert!(started.elapsed() < hold, "checked too late to tell: {:?}", started.elapsed());
+    assert_eq!(counters["handled"], 5, "the slow key's second record waited: {counters}");
+    assert!(counters["retried"].as_u64().unwrap() >= 1, "{counters}");
+    assert!(committed.is_none_or(|o| o == 0), "committed past the unfinished record: {committed:?}");
+
+    // Once the first record is done, its key's next one runs, and all seven are committed.
+    counter_reaches(&host, name, "handled", 7, Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(10), "offset 7 committed", || async {
+        (support::committed_offset(&servers.kafka_brokers, &group, &topic, 0).await == Some(7)).then_some(())
+    })
+    .await;
+    assert_eq!(host.counters(name).await["deadLettered"], 0);
+}
+
 /// A record answered `retry-later` for a long time (6 minutes unless
 /// `RUNNEL_TEST_RETRY_SECS` says otherwise; more than the consumer's
 /// `max.poll.interval.ms` of 5 minutes) holds back its own partition only:

@@ -30,6 +30,9 @@ pub struct Config {
     /// Where compiled components are kept between starts; none: compiled
     /// at every start.
     pub compiled_dir: Option<PathBuf>,
+    /// Partitions of the topics the host creates (one host per partition
+    /// at most shares a function's work).
+    pub topic_partitions: i32,
 }
 
 /// A setting that is missing or malformed.
@@ -145,6 +148,11 @@ impl Config {
                 .map(|cache| cache.join("runnel").join("compiled")),
         };
 
+        let partitions = get("RUNNEL_TOPIC_PARTITIONS", "3");
+        let topic_partitions = partitions.parse::<i32>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
+            err("RUNNEL_TOPIC_PARTITIONS", format!("'{partitions}' is not a number of partitions from 1 to 1000"))
+        })?;
+
         Ok(Config {
             http_addr,
             kafka_brokers,
@@ -160,6 +168,7 @@ impl Config {
             sync_interval,
             capability_timeout,
             compiled_dir,
+            topic_partitions,
         })
     }
 }
@@ -182,6 +191,7 @@ mod tests {
         assert_eq!(c.kafka_brokers, "127.0.0.1:9092");
         assert_eq!(c.mongodb_database, "runnel");
         assert!(c.functions_dir.is_none());
+        assert_eq!(c.topic_partitions, 3);
     }
 
     #[test]
@@ -198,6 +208,7 @@ mod tests {
             ("RUNNEL_MAX_COMPONENT_BYTES", "-1"),
             ("RUNNEL_SYNC_INTERVAL_MS", "0"),
             ("RUNNEL_CAPABILITY_TIMEOUT_MS", "60000"),
+            ("RUNNEL_TOPIC_PARTITIONS", "0"),
         ] {
             let e = config(&[(name, value)]).unwrap_err();
             assert_eq!(e.name, name);

@@ -56,11 +56,13 @@ async fn serve(
     let runtime = Runtime::new(services, limits, config.compiled_dir.clone())?;
 
     // The application's topics; each function's are created when it starts.
-    kafka::ensure_topics(&config.kafka_brokers, &app::topics(), config.connect_timeout).await?;
+    let topics = kafka::Topics::connect(&config.kafka_brokers, config.topic_partitions, config.connect_timeout).await?;
+    topics.ensure(&app::topics()).await?;
 
     let registry = Registry::new(TriggerSettings {
         brokers: config.kafka_brokers.clone(),
         producer: producer.clone(),
+        topics,
         journal,
         call_deadline: limits.timeout + Duration::from_secs(1),
         timeout: config.connect_timeout,

@@ -306,6 +306,28 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// The offset `group` has committed for `topic`/`partition` (None: none yet).
+pub async fn committed_offset(brokers: &str, group: &str, topic: &str, partition: i32) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (brokers, group, topic) = (brokers.to_string(), group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition(&topic, partition);
+        let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+        match committed.find_partition(&topic, partition).map(|p| p.offset()) {
+            Some(rdkafka::Offset::Offset(offset)) => Some(offset),
+            _ => None,
+        }
+    })
+    .await
+    .unwrap()
+}
+
 /// Documents of `collection` in `database`, as JSON.
 pub async fn documents(mongodb_uri: &str, database: &str, collection: &str) -> Vec<serde_json::Value> {
     use futures::TryStreamExt;

@@ -20,7 +20,7 @@ use futures::TryStreamExt;
 use mongodb::{
     Database,
     bson::{Bson, Document},
-    options::UpdateOptions,
+    options::{UpdateModifications, UpdateOptions},
 };
 use serde::{Deserialize, Deserializer};
 use wasmtime::component::{HasSelf, Linker};
@@ -116,13 +116,34 @@ impl State {
 
 /// Parses Extended JSON into a document; `what` names the argument.
 fn parse_document(what: &str, json: &str) -> Result<Document, wit::DocumentError> {
+    match parse_bson(what, json)? {
+        Bson::Document(d) => Ok(d),
+        _ => Err(wit::DocumentError::Invalid(format!("{what} must be a JSON object"))),
+    }
+}
+
+/// An update: a document of update operators, or an aggregation pipeline
+/// (an array of stages), which can change arrays that only some documents
+/// have.
+fn parse_update(json: &str) -> Result<UpdateModifications, wit::DocumentError> {
+    match parse_bson("update", json)? {
+        Bson::Document(d) => Ok(UpdateModifications::Document(d)),
+        Bson::Array(stages) => stages
+            .into_iter()
+            .map(|stage| match stage {
+                Bson::Document(d) => Ok(d),
+                _ => Err(wit::DocumentError::Invalid("every stage of an update pipeline must be a JSON object".into())),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(UpdateModifications::Pipeline),
+        _ => Err(wit::DocumentError::Invalid("update must be a JSON object or an array of pipeline stages".into())),
+    }
+}
+
+fn parse_bson(what: &str, json: &str) -> Result<Bson, wit::DocumentError> {
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| wit::DocumentError::Invalid(format!("{what} is not JSON: {e}")))?;
-    match Bson::try_from(value) {
-        Ok(Bson::Document(d)) => Ok(d),
-        Ok(_) => Err(wit::DocumentError::Invalid(format!("{what} must be a JSON object"))),
-        Err(e) => Err(wit::DocumentError::Invalid(format!("{what} is not Extended JSON: {e}"))),
-    }
+    Bson::try_from(value).map_err(|e| wit::DocumentError::Invalid(format!("{what} is not Extended JSON: {e}")))
 }
 
 /// A database error, by what retrying can fix.
@@ -214,7 +235,7 @@ impl wit::Host for State {
     ) -> Result<wit::UpdateResult, wit::DocumentError> {
         let target = self.collection(&collection, true)?;
         let parsed_filter = parse_document("filter", &filter)?;
-        let parsed_update = parse_document("update", &update)?;
+        let parsed_update = parse_update(&update)?;
         let parsed_array_filters =
             array_filters.iter().map(|f| parse_document("array filter", f)).collect::<Result<Vec<_>, _>>()?;
         let options = UpdateOptions::builder()

@@ -10,6 +10,8 @@
 //! [trigger.kafka]
 //! topic = "store-alerts-topic"
 //! group = "store-alerts"              # default: the function's name
+//! max-in-flight = 8                   # default 1: records of one partition
+//!                                     # run at once (one key: in order)
 //!
 //! [trigger.kafka.filter]              # optional; every condition given must hold
 //! key-prefix = "store-"
@@ -109,6 +111,29 @@ pub struct KafkaTrigger {
     /// How long a record is retried before it is dead-lettered.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// How many records of one partition run at once: records of different
+    /// keys overlap, records of one key always run one after the other, in
+    /// their order (records without a key are not ordered among each
+    /// other). 1, the default, runs the partition in its order.
+    #[serde(default = "KafkaTrigger::one_at_a_time", rename = "max-in-flight", deserialize_with = "in_flight")]
+    pub max_in_flight: u32,
+}
+
+impl KafkaTrigger {
+    /// The most records of one partition that may run at once.
+    pub const MAX_IN_FLIGHT: u32 = 256;
+
+    fn one_at_a_time() -> u32 {
+        1
+    }
+}
+
+fn in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if !(1..=KafkaTrigger::MAX_IN_FLIGHT).contains(&n) {
+        return Err(D::Error::custom(format!("must be from 1 to {}", KafkaTrigger::MAX_IN_FLIGHT)));
+    }
+    Ok(n)
 }
 
 /// The retry budget of one record. Retries while a capability answered
@@ -289,6 +314,7 @@ mod tests {
         assert_eq!(m.capabilities.documents.write, ["store_alerts"]);
         assert!(m.capabilities.config.contains_key("distribution-list"));
         assert_eq!((m.language, m.reuse), (None, None));
+        assert_eq!(m.trigger.kafka.max_in_flight, 8);
         let m = Manifest::parse("name = 'x'\nlanguage = 'python'\n[trigger.kafka]\ntopic = 't'\n[reuse]\nmax-messages = 50").unwrap();
         assert_eq!((m.language, m.reuse), (Some(Language::Python), Some(Reuse { max_messages: 50, max_seconds: 60 })));
     }
@@ -312,6 +338,8 @@ mod tests {
             ("name = 'x'\nlanguage = 'cobol'\n[trigger.kafka]\ntopic = 't'", "line 2: unknown variant `cobol`"),
             ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[reuse]\nmax-messages = 0", "line 5: must be at least 1"),
             ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[reuse]\nmax-seconds = 5", "missing field `max-messages`"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\nmax-in-flight = 0", "line 4: must be from 1 to 256"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\nmax-in-flight = 1000", "must be from 1 to 256"),
         ] {
             let e = Manifest::parse(text).unwrap_err().to_string();
             assert!(e.contains(expected), "{text:?}: {e}");

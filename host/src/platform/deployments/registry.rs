@@ -27,7 +27,7 @@ use super::{CounterSnapshot, Deployment, FunctionState, Manifest, Status};
 use crate::platform::{
     journal::Journal,
     kafka::{
-        EventProducer, dead_letter_topic, ensure_topics,
+        EventProducer, Topics, dead_letter_topic,
         replay::{self, ReplayFrom, ReplayReport},
         trigger::Trigger,
     },
@@ -38,6 +38,8 @@ use crate::platform::{
 pub struct TriggerSettings {
     pub brokers: String,
     pub producer: EventProducer,
+    /// Creates each function's topic and dead-letter topic.
+    pub topics: Topics,
     /// Where functions' capability calls are journaled.
     pub journal: Journal,
     /// How long a function's call may run (a revocation waits for it).
@@ -159,11 +161,26 @@ impl Registry {
         Ok(if restarted { Activation::Restarted } else { Activation::Started })
     }
 
+    /// A function's topic and its dead-letter topic.
+    fn topics_of(deployment: &Deployment) -> [String; 2] {
+        let topic = &deployment.manifest.trigger.kafka.topic;
+        [topic.clone(), dead_letter_topic(topic)]
+    }
+
+    /// Creates the topics of all of `deployments` in one request, before
+    /// they are activated one after the other.
+    pub async fn ensure_topics<'a>(&self, deployments: impl IntoIterator<Item = &'a Deployment>) -> anyhow::Result<()> {
+        let topics: Vec<String> = deployments.into_iter().flat_map(Self::topics_of).collect();
+        self.inner.settings.topics.ensure(&topics).await
+    }
+
     async fn start(&self, deployment: Arc<Deployment>, status: Arc<Status>) -> anyhow::Result<()> {
         let settings = &self.inner.settings;
         let name = deployment.manifest.name.clone();
         let topic = deployment.manifest.trigger.kafka.topic.clone();
-        ensure_topics(&settings.brokers, &[topic.clone(), dead_letter_topic(&topic)], settings.timeout)
+        settings
+            .topics
+            .ensure(&Self::topics_of(&deployment))
             .await
             .with_context(|| format!("cannot create the topics of '{name}'"))?;
         let generation = status.begin();

@@ -1,6 +1,10 @@
 //! Creates the topics Runnel uses, before anything produces or consumes.
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use rdkafka::{
@@ -9,36 +13,65 @@ use rdkafka::{
     types::RDKafkaErrorCode,
 };
 
-/// Makes sure every topic in `topics` exists (one partition, the broker's
-/// replication default). Fails, naming `RUNNEL_KAFKA_BROKERS`, when no broker
-/// answers within `timeout`.
-pub async fn ensure_topics(brokers: &str, topics: &[String], timeout: Duration) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = super::client_config(brokers)
-        .create()
-        .with_context(|| format!("RUNNEL_KAFKA_BROKERS: cannot use '{brokers}'"))?;
+/// The host's topic creator: one admin client, and the topics known to
+/// exist, so that each is asked for once. Cheap to clone.
+#[derive(Clone)]
+pub struct Topics {
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    brokers: Arc<str>,
+    partitions: i32,
+    timeout: Duration,
+    known: Arc<Mutex<HashSet<String>>>,
+}
 
-    // Metadata is the cheapest way to learn whether a broker answers at all.
-    let admin = tokio::task::spawn_blocking(move || {
-        admin.inner().fetch_metadata(None, timeout).map(|_| admin)
-    })
-    .await?
-    .with_context(|| format!("RUNNEL_KAFKA_BROKERS: no Kafka broker answers at '{brokers}'"))?;
-
-    let new_topics: Vec<NewTopic> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(-1)))
-        .collect();
-    let options = AdminOptions::new().request_timeout(Some(timeout)).operation_timeout(Some(timeout));
-    let results = admin
-        .create_topics(&new_topics, &options)
-        .await
-        .with_context(|| format!("RUNNEL_KAFKA_BROKERS: cannot create topics at '{brokers}'"))?;
-    for result in results {
-        match result {
-            Ok(topic) => tracing::info!(topic, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => bail!("cannot create topic '{topic}': {code}"),
-        }
+impl Topics {
+    /// Connects to `brokers`; topics it creates get `partitions` partitions
+    /// (and the broker's replication default). Fails, naming
+    /// `RUNNEL_KAFKA_BROKERS`, when no broker answers within `timeout`.
+    pub async fn connect(brokers: &str, partitions: i32, timeout: Duration) -> anyhow::Result<Self> {
+        let admin: AdminClient<DefaultClientContext> = super::client_config(brokers)
+            .create()
+            .with_context(|| format!("RUNNEL_KAFKA_BROKERS: cannot use '{brokers}'"))?;
+        // Metadata is the cheapest way to learn whether a broker answers at all.
+        let admin = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout).map(|_| admin))
+            .await?
+            .with_context(|| format!("RUNNEL_KAFKA_BROKERS: no Kafka broker answers at '{brokers}'"))?;
+        Ok(Topics { admin: Arc::new(admin), brokers: brokers.into(), partitions, timeout, known: Arc::default() })
     }
-    Ok(())
+
+    /// Makes sure every topic in `topics` exists, in one request for all
+    /// those not known to exist yet. A topic that exists is left as it is,
+    /// whatever its partitions.
+    pub async fn ensure(&self, topics: &[String]) -> anyhow::Result<()> {
+        let missing: Vec<&String> = {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            let mut missing: Vec<&String> = topics.iter().filter(|t| !known.contains(*t)).collect();
+            missing.sort();
+            missing.dedup();
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new_topics: Vec<NewTopic> =
+            missing.iter().map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(-1))).collect();
+        let options = AdminOptions::new().request_timeout(Some(self.timeout)).operation_timeout(Some(self.timeout));
+        let results = self
+            .admin
+            .create_topics(&new_topics, &options)
+            .await
+            .with_context(|| format!("RUNNEL_KAFKA_BROKERS: cannot create topics at '{}'", self.brokers))?;
+        for result in results {
+            let topic = match result {
+                Ok(topic) => {
+                    tracing::info!(topic, partitions = self.partitions, "created topic");
+                    topic
+                }
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => topic,
+                Err((topic, code)) => bail!("cannot create topic '{topic}': {code}"),
+            };
+            self.known.lock().unwrap_or_else(|e| e.into_inner()).insert(topic);
+        }
+        Ok(())
+    }
 }

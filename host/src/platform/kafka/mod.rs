@@ -10,7 +10,7 @@ mod producer;
 pub mod replay;
 pub mod trigger;
 
-pub use admin::ensure_topics;
+pub use admin::Topics;
 pub use producer::{Event, EventProducer};
 
 use rdkafka::ClientConfig;

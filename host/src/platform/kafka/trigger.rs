@@ -1,7 +1,13 @@
 //! The Kafka trigger of one deployment: a consumer in the function's group,
 //! and one worker task per assigned partition that feeds the function that
-//! partition's records in order and stores a record's offset only once the
-//! function is done with it.
+//! partition's records and stores an offset only once the function is done
+//! with that record and every one before it.
+//!
+//! A worker runs up to the manifest's `max-in-flight` records at once, each
+//! in a task of its own: records of different keys overlap, records of one
+//! key run one after the other in their order (records without a key are
+//! not ordered among each other). With the default of 1, a partition runs
+//! in its order.
 //!
 //! The consumer loop never waits for a function: it hands each record to
 //! its partition's worker and goes on polling, so the consumer keeps its
@@ -42,7 +48,7 @@
 //! function is not run again for it.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -105,7 +111,8 @@ struct WorkerFlags {
 #[derive(Default)]
 struct Flags {
     revoked: bool,
-    busy: bool,
+    /// Tries running now.
+    busy: usize,
 }
 
 impl WorkerFlags {
@@ -119,13 +126,16 @@ impl WorkerFlags {
         if flags.revoked {
             return false;
         }
-        flags.busy = true;
+        flags.busy += 1;
         true
     }
 
     fn end(&self) {
-        self.lock().busy = false;
-        self.idle.notify_all();
+        let mut flags = self.lock();
+        flags.busy = flags.busy.saturating_sub(1);
+        if flags.busy == 0 {
+            self.idle.notify_all();
+        }
     }
 
     fn is_revoked(&self) -> bool {
@@ -137,24 +147,14 @@ impl WorkerFlags {
         self.lock().revoked = true;
     }
 
-    /// Waits until the try in flight (if any) has ended, up to `deadline`.
-    /// False when it did not end in time.
+    /// Waits until the tries in flight (if any) have ended, up to
+    /// `deadline`. False when they did not end in time.
     fn wait_idle(&self, deadline: Instant) -> bool {
         let flags = self.lock();
         let left = deadline.saturating_duration_since(Instant::now());
-        let (flags, timeout) = self.idle.wait_timeout_while(flags, left, |f| f.busy).unwrap_or_else(|e| e.into_inner());
+        let (flags, timeout) = self.idle.wait_timeout_while(flags, left, |f| f.busy > 0).unwrap_or_else(|e| e.into_inner());
         drop(flags);
         !timeout.timed_out()
-    }
-}
-
-/// Ends the worker's try when dropped, also when it panics, so that a
-/// revocation never waits for a try that cannot end.
-struct EndOfTry<'a>(&'a WorkerFlags);
-
-impl Drop for EndOfTry<'_> {
-    fn drop(&mut self) {
-        self.0.end();
     }
 }
 
@@ -305,17 +305,12 @@ impl Trigger {
                                 consumer: consumer.clone(),
                                 halt: halt.clone(),
                                 dirty: dirty.clone(),
+                                ended: ended_tx.clone(),
                             };
                             let flags = Arc::new(WorkerFlags::default());
                             let (queue, rx) = mpsc::channel(QUEUED_PER_PARTITION);
                             workers.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, flags.clone());
-                            let ended = ended_tx.clone();
-                            let worker_flags = flags.clone();
-                            tasks.spawn(async move {
-                                if let Some(state) = worker.run(rx, worker_flags).await {
-                                    let _ = ended.send(state);
-                                }
-                            });
+                            tasks.spawn(worker.run(rx, flags.clone()));
                             // A partition paused before a revocation starts flowing again.
                             self.pause(&consumer, partition, false);
                             feeds.insert(partition, Feed { queue, waiting: VecDeque::new(), paused: false, flags });
@@ -431,65 +426,166 @@ fn commit(consumer: &TriggerConsumer, mode: CommitMode, function: &str) {
     }
 }
 
-/// One partition's worker: runs its records in order.
+/// One partition's worker: runs its records, up to the function's
+/// `max-in-flight` at once, those of one key one after the other.
 struct Worker {
     handler: Handler,
     consumer: Arc<TriggerConsumer>,
     halt: watch::Receiver<bool>,
     dirty: Arc<AtomicBool>,
+    /// Where the state to stop in goes when the function cannot go on.
+    ended: mpsc::UnboundedSender<FunctionState>,
+}
+
+/// The records a worker has taken and not finished, in offset order: the
+/// offset stored is always that of the last record before the first
+/// unfinished one, so nothing is committed before it is handled.
+#[derive(Default)]
+struct Window {
+    taken: VecDeque<(i64, bool)>,
+}
+
+impl Window {
+    fn take(&mut self, offset: i64) {
+        self.taken.push_back((offset, false));
+    }
+
+    /// Marks `offset` finished; the offset to store, when it moved.
+    fn finish(&mut self, offset: i64) -> Option<i64> {
+        if let Ok(i) = self.taken.binary_search_by_key(&offset, |(o, _)| *o) {
+            self.taken[i].1 = true;
+        }
+        let mut done = None;
+        while let Some(&(o, true)) = self.taken.front() {
+            done = Some(o);
+            self.taken.pop_front();
+        }
+        done
+    }
 }
 
 impl Worker {
-    /// Runs records until the queue closes, the trigger halts, or the
-    /// partition is revoked; returns the state to stop in when the function
-    /// cannot go on.
-    async fn run(mut self, mut queue: mpsc::Receiver<Message>, flags: Arc<WorkerFlags>) -> Option<FunctionState> {
+    /// Runs records until the queue closes, the trigger halts, the
+    /// partition is revoked, or the function cannot go on; then waits for
+    /// the records running.
+    async fn run(mut self, mut queue: mpsc::Receiver<Message>, flags: Arc<WorkerFlags>) {
         // Below `reread_below`, a record may have been started by an earlier
         // owner of the partition: its journal is read. `mark` is how far this
         // worker raised the partition's mark.
         let (mut reread_below, mut mark) = (None, None);
+        let window = Arc::new(Mutex::new(Window::default()));
+        // Taken and not started (a record of its key runs, or every slot is
+        // taken), in offset order, with whether each is new.
+        let mut waiting: VecDeque<(Message, bool)> = VecDeque::new();
+        let mut busy_keys: HashSet<Vec<u8>> = HashSet::new();
+        let mut running = JoinSet::new();
+        let mut taking = true;
         loop {
-            let message = tokio::select! {
-                biased;
-                () = stopped(&mut self.halt) => return None,
-                message = queue.recv() => message?,
-            };
-            // Outside the call fence: a revocation need not wait for the
-            // journal; a mark raised by a revoked worker only makes the next
-            // owner read more journals.
-            let new_record = self.ensure_mark(&message, &flags, &mut reread_below, &mut mark).await?;
-            let mut fence = Fence { flags: &flags, halt: &mut self.halt };
-            if !fence.enter() {
-                return None;
+            if taking {
+                let max = self.handler.max_in_flight();
+                while running.len() < max {
+                    let ready = waiting.iter().position(|(m, _)| m.key.as_ref().is_none_or(|k| !busy_keys.contains(k)));
+                    let Some((message, new_record)) = ready.and_then(|i| waiting.remove(i)) else { break };
+                    if let Some(key) = &message.key {
+                        busy_keys.insert(key.clone());
+                    }
+                    running.spawn(self.record(message, new_record, flags.clone(), window.clone()));
+                }
+            } else if running.is_empty() {
+                return;
             }
-            let _end = EndOfTry(&flags);
-            match self.handler.process(&message, new_record, &mut fence).await {
-                Step::Done => {
-                    // Stored only once handled, before the try ends (a
-                    // revocation commits what is stored); librdkafka drops
-                    // what is stored for partitions taken away. (It stores
-                    // the offset after the one given.)
-                    let stored = self.consumer.store_offset(&message.topic, message.partition, message.offset);
-                    match stored {
-                        Ok(()) => self.dirty.store(true, Ordering::Release),
+            tokio::select! {
+                biased;
+                () = stopped(&mut self.halt), if taking => taking = false,
+                Some(joined) = running.join_next() => {
+                    let (key, step) = match joined {
+                        Ok(done) => done,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        Err(_) => continue,
+                    };
+                    if let Some(key) = key {
+                        busy_keys.remove(&key);
+                    }
+                    match step {
+                        Step::Done => {}
+                        Step::Revoked | Step::Stop(FunctionState::Stopped) => taking = false,
+                        Step::Stop(state) => {
+                            taking = false;
+                            let _ = self.ended.send(state);
+                        }
+                    }
+                }
+                message = queue.recv(), if taking && waiting.len() < QUEUED_PER_PARTITION => {
+                    let Some(message) = message else {
+                        taking = false;
+                        continue;
+                    };
+                    // Outside the call fence: a revocation need not wait for
+                    // the journal; a mark raised by a revoked worker only
+                    // makes the next owner read more journals.
+                    match self.ensure_mark(&message, &flags, &mut reread_below, &mut mark).await {
+                        Some(new_record) => {
+                            window.lock().unwrap_or_else(|e| e.into_inner()).take(message.offset);
+                            waiting.push_back((message, new_record));
+                        }
+                        None => taking = false,
+                    }
+                }
+            }
+            if !taking {
+                // Left to the partition's next owner (or this worker's next start).
+                waiting.clear();
+            }
+        }
+    }
+
+    /// One record's run, as a task of its own.
+    fn record(
+        &self,
+        message: Message,
+        new_record: bool,
+        flags: Arc<WorkerFlags>,
+        window: Arc<Mutex<Window>>,
+    ) -> impl Future<Output = (Option<Vec<u8>>, Step)> + Send + 'static {
+        let mut handler = self.handler.clone();
+        let consumer = self.consumer.clone();
+        let dirty = self.dirty.clone();
+        let mut fence = Fence { flags, halt: self.halt.clone(), inside: false };
+        async move {
+            if !fence.enter() {
+                return (message.key, Step::Revoked);
+            }
+            let step = handler.process(&message, new_record, &mut fence).await;
+            if let Step::Done = step {
+                // Stored once this record and every one before it is done,
+                // before the try ends (a revocation commits what is stored),
+                // in order (under the window's lock); librdkafka drops what
+                // is stored for partitions taken away. (It stores the offset
+                // after the one given.)
+                let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(offset) = window.finish(message.offset) {
+                    match consumer.store_offset(&message.topic, message.partition, offset) {
+                        Ok(()) => dirty.store(true, Ordering::Release),
                         Err(e) => tracing::debug!(
-                            function = self.handler.status.name(), partition = message.partition,
+                            function = handler.status.name(), partition = message.partition,
                             "offset not stored (partition revoked?): {e}"
                         ),
                     }
                 }
-                Step::Revoked | Step::Stop(FunctionState::Stopped) => return None,
-                Step::Stop(state) => return Some(state),
             }
+            drop(fence);
+            (message.key, step)
         }
     }
 }
 
-/// What a worker's record handling holds: the partition's fence (a try runs
-/// only while the partition is this worker's), and the halt signal.
-struct Fence<'a> {
-    flags: &'a WorkerFlags,
-    halt: &'a mut watch::Receiver<bool>,
+/// What a record's run holds: the partition's fence (a try runs only while
+/// the partition is this worker's), and the halt signal.
+struct Fence {
+    flags: Arc<WorkerFlags>,
+    halt: watch::Receiver<bool>,
+    /// A try of the record is running (and counted in the flags).
+    inside: bool,
 }
 
 /// How a wait between two tries ended.
@@ -499,23 +595,30 @@ enum Waited {
     Revoked,
 }
 
-impl Fence<'_> {
+impl Fence {
     /// Starts a try; false when the partition was revoked.
-    fn enter(&self) -> bool {
-        self.flags.begin()
+    fn enter(&mut self) -> bool {
+        self.inside = self.flags.begin();
+        self.inside
+    }
+
+    fn leave(&mut self) {
+        if std::mem::take(&mut self.inside) {
+            self.flags.end();
+        }
     }
 
     /// Waits `backoff` between two tries, outside the fence (a revocation
     /// does not wait for a back-off), then enters it again.
     async fn wait(&mut self, backoff: Duration) -> Waited {
-        self.flags.end();
+        self.leave();
         let deadline = Instant::now() + backoff;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            if !wait(self.halt, left.min(REVOCATION_CHECK)).await {
+            if !wait(&mut self.halt, left.min(REVOCATION_CHECK)).await {
                 return Waited::Halted;
             }
             if self.flags.is_revoked() {
@@ -523,6 +626,14 @@ impl Fence<'_> {
             }
         }
         if self.enter() { Waited::Done } else { Waited::Revoked }
+    }
+}
+
+/// Ends the try when the record's run ends, also when it panics, so that a
+/// revocation never waits for a try that cannot end.
+impl Drop for Fence {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -574,6 +685,7 @@ impl Worker {
 }
 
 /// Runs records through the function: what a worker does with each.
+#[derive(Clone)]
 struct Handler {
     status: Arc<Status>,
     producer: EventProducer,
@@ -592,6 +704,11 @@ enum Step {
 }
 
 impl Handler {
+    /// How many records of a partition may run at once, by the version to run now.
+    fn max_in_flight(&self) -> usize {
+        self.deployment.borrow().manifest.trigger.kafka.max_in_flight as usize
+    }
+
     /// The version to run now.
     fn current(&mut self) -> Arc<Deployment> {
         self.deployment.borrow_and_update().clone()
@@ -605,7 +722,7 @@ impl Handler {
 
     /// Runs one record through the function until it may be committed.
     /// `new_record`: no earlier owner of the partition can have started it.
-    async fn process(&mut self, message: &Message, new_record: bool, fence: &mut Fence<'_>) -> Step {
+    async fn process(&mut self, message: &Message, new_record: bool, fence: &mut Fence) -> Step {
         if let Some(filter) = &self.current().manifest.trigger.kafka.filter
             && !filter.matches(message)
         {
@@ -738,7 +855,7 @@ impl Handler {
         reason: &str,
         version: &str,
         attempts: u32,
-        fence: &mut Fence<'_>,
+        fence: &mut Fence,
     ) -> Step {
         let mut backoff = Duration::from_millis(100);
         loop {
