@@ -9,26 +9,20 @@
 //! and RUNNEL_BENCH_FUNCTIONS_DIR (the store-alert functions), RUNNEL_BENCH_HOST
 //! (the host to start) and the servers' RUNNEL_* variables.
 
+mod support;
+
 use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
+    path::PathBuf,
     time::{Duration, Instant},
 };
+
+use support::{BenchHost, env, micros, percentile, read, unique};
 
 use runnel::platform::{
     capabilities::{Grants, ManifestGrants, Services, mail::Mail},
     kafka::{Event, EventProducer},
     runtime::{Limits, Message, Outcome, Runtime},
 };
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench"))
-}
-
-fn read(dir: &str, file: &str) -> Vec<u8> {
-    let path = Path::new(&env(dir)).join(file);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn message(payload: &str) -> Message {
     Message::with_payload("bench", payload)
@@ -44,15 +38,6 @@ async fn runtime(compiled_dir: Option<PathBuf>) -> Runtime {
 
 fn no_grants(rt: &Runtime) -> Grants {
     rt.services().resolve("bench", &ManifestGrants::default(), &|_| None).unwrap()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn micros(d: Duration) -> String {
-    let us = d.as_secs_f64() * 1e6;
-    if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.1} µs") }
 }
 
 struct Row {
@@ -132,29 +117,12 @@ async fn flow(language: &str, component: &[u8], manifest: &str, n: u64) -> f64 {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("store-alert-to-email.wasm"), component).unwrap();
     std::fs::write(dir.join("store-alert-to-email.toml"), manifest).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut host = tokio::process::Command::new(env("RUNNEL_BENCH_HOST"))
-        .env("RUNNEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUNNEL_MONGODB_DATABASE", format!("bench_{}", uuid::Uuid::new_v4().simple()))
-        .env("RUNNEL_FUNCTIONS_DIR", &dir)
-        .env("ALERT_DISTRIBUTION_LIST", "bench@example.com")
-        .env("RUNNEL_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    let status = format!("http://127.0.0.1:{port}/admin/functions/store-alert-to-email");
-    let handled = || async {
-        let r = client.get(&status).send().await.ok()?;
-        let v: serde_json::Value = r.json().await.ok()?;
-        (v["state"] == "running").then(|| v["running"]["counters"]["handled"].as_u64().unwrap_or(0))
-    };
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while handled().await.is_none() {
-        assert!(Instant::now() < deadline, "the host did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let database = unique("bench").replace('-', "_");
+    let (host, _) = BenchHost::start(
+        &database,
+        &[("RUNNEL_FUNCTIONS_DIR", dir.to_str().unwrap()), ("ALERT_DISTRIBUTION_LIST", "bench@example.com")],
+    )
+    .await;
     let producer = EventProducer::new(&env("RUNNEL_KAFKA_BROKERS"), Duration::from_secs(10), false).unwrap();
     let started = Instant::now();
     for i in 0..n {
@@ -162,14 +130,14 @@ async fn flow(language: &str, component: &[u8], manifest: &str, n: u64) -> f64 {
         producer.publish(Event::json(&topic, &format!("store-{i}"), &body)).await.unwrap();
     }
     loop {
-        if handled().await.unwrap_or(0) >= n {
+        if host.handled("store-alert-to-email").await.unwrap_or(0) >= n {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(600), "{language}: not all {n} records handled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    let _ = host.kill().await;
+    drop(host);
     let _ = std::fs::remove_dir_all(dir);
     rate
 }

@@ -1,0 +1,150 @@
+//! What the benchmarks share: the settings `scripts/bench` passes, a host
+//! started as a process, and the figures' formatting.
+
+#![allow(dead_code)]
+
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench"))
+}
+
+/// A file of one of the folders `scripts/bench` builds into.
+pub fn read(dir: &str, file: &str) -> Vec<u8> {
+    let path = Path::new(&env(dir)).join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `p`-th percentile (nearest rank) of `sorted`.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn micros(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.1} µs") }
+}
+
+/// The median of `values` (which it sorts).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The release host, started as a process against the bench's servers;
+/// killed when dropped.
+pub struct BenchHost {
+    child: tokio::process::Child,
+    pub base: String,
+    pub database: String,
+    pub client: reqwest::Client,
+}
+
+impl BenchHost {
+    /// Starts a host on `database` with `vars` added, and waits until it
+    /// answers and every function it has runs. How long that took.
+    pub async fn start(database: &str, vars: &[(&str, &str)]) -> (BenchHost, Duration) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let started = Instant::now();
+        let mut command = tokio::process::Command::new(env("RUNNEL_BENCH_HOST"));
+        command
+            .env("RUNNEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUNNEL_MONGODB_DATABASE", database)
+            .env("RUNNEL_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let child = command.spawn().unwrap();
+        let host = BenchHost { child, base: format!("http://127.0.0.1:{port}"), database: database.into(), client: reqwest::Client::new() };
+        loop {
+            if let Ok(r) = host.client.get(host.url("/admin/functions")).send().await
+                && let Ok(functions) = r.json::<Vec<Value>>().await
+                && functions.iter().all(|f| f["state"] == "running" || f["state"] == "undeployed")
+            {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(180), "the host did not start");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let ready = started.elapsed();
+        (host, ready)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The host's resident set size, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let pid = self.child.id().expect("the host runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+
+    pub async fn deploy(&self, name: &str, manifest: &str, component: &[u8]) {
+        let form = reqwest::multipart::Form::new()
+            .part("manifest", reqwest::multipart::Part::text(manifest.to_string()))
+            .part("component", reqwest::multipart::Part::bytes(component.to_vec()));
+        let r = self.client.put(self.url(&format!("/admin/functions/{name}"))).multipart(form).send().await.unwrap();
+        assert!(r.status().is_success(), "deploy {name}: {} {}", r.status(), r.text().await.unwrap());
+    }
+
+    pub async fn undeploy(&self, name: &str) {
+        let r = self.client.delete(self.url(&format!("/admin/functions/{name}"))).send().await.unwrap();
+        assert!(r.status().is_success(), "undeploy {name}: {}", r.status());
+    }
+
+    /// Records `name` handled here, once it runs.
+    pub async fn handled(&self, name: &str) -> Option<u64> {
+        let r = self.client.get(self.url(&format!("/admin/functions/{name}"))).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        (v["state"] == "running").then(|| v["running"]["counters"]["handled"].as_u64().unwrap_or(0))
+    }
+}
+
+/// Records per second `hosts` handled of `n` more records for `name` (which
+/// had handled `from`), from the first record handled to the last (so the
+/// group's join is left out).
+pub async fn rate_until_handled(hosts: &[&BenchHost], name: &str, from: u64, n: u64) -> f64 {
+    let total = || async {
+        let mut sum = 0;
+        for host in hosts {
+            sum += host.handled(name).await.unwrap_or(0);
+        }
+        sum
+    };
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let (first, at_first) = loop {
+        let handled = total().await;
+        if handled > from {
+            break (handled, Instant::now());
+        }
+        assert!(Instant::now() < deadline, "{name}: no record handled");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    loop {
+        let handled = total().await;
+        if handled >= from + n {
+            return (handled - first) as f64 / at_first.elapsed().as_secs_f64();
+        }
+        assert!(Instant::now() < deadline, "{name}: {handled} of {n} records handled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,468 @@
+//! Throughput, measured by `scripts/bench` (release build, real servers):
+//! every Runnel figure next to its baseline from the same run, the two
+//! interleaved and the median of three taken.
+//!
+//! - a no-op function (the probe answering `ok`) against a bare rdkafka
+//!   consumer reading the same topic with the same settings (offsets stored
+//!   after each record, committed in the background), on 1 and 4
+//!   partitions, with a fresh instance per record and with reuse;
+//! - the Python and JavaScript no-op;
+//! - person-to-comicbook against a native consumer doing the same update
+//!   with the same concurrency, and against a native consumer doing what
+//!   the function did before (eight `update_many`, one after the other);
+//! - `GET /api/stores/{id}` with 16 clients against the driver's `find_one`;
+//! - PUT → effect for both flows; resident memory; start to ready with both
+//!   functions from the compiled cache; two hosts in one group.
+//!
+//! Reads RUNNEL_BENCH_FIXTURES_DIR, RUNNEL_BENCH_FUNCTIONS_DIR, RUNNEL_BENCH_HOST
+//! and the servers' RUNNEL_* variables; RUNNEL_BENCH_RECORDS (default 100000)
+//! sets the records of the no-op runs.
+
+mod support;
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{Document, doc};
+use rdkafka::{
+    ClientConfig, Message as _,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{Consumer, StreamConsumer},
+    producer::{FutureProducer, FutureRecord},
+};
+use serde_json::{Value, json};
+use support::{BenchHost, env, median, micros, percentile, rate_until_handled, read, unique};
+
+const ROLES: [&str; 8] = ["WRITER", "ARTIST", "PENCILLER", "INKER", "COLORIST", "LETTERER", "COVER_ARTIST", "EDITOR"];
+/// Concurrency of person-to-comicbook (its manifest's `max-in-flight`) and of its native baseline.
+const P2C_IN_FLIGHT: usize = 8;
+
+async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", env("RUNNEL_KAFKA_BROKERS")).create().unwrap();
+    for r in admin
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+/// Produces `records` (key, payload) to `topic`, spread over its partitions by key.
+async fn fill(topic: &str, records: impl Iterator<Item = (String, Vec<u8>)>) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env("RUNNEL_KAFKA_BROKERS"))
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let sends: Vec<_> = records
+        .map(|(key, payload)| {
+            let producer = producer.clone();
+            let topic = topic.to_string();
+            async move {
+                producer.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+            }
+        })
+        .collect();
+    futures::stream::iter(sends).buffer_unordered(10_000).collect::<Vec<()>>().await;
+}
+
+/// A consumer with the trigger's settings.
+fn consumer(group: &str) -> StreamConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", env("RUNNEL_KAFKA_BROKERS"))
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "200")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "8192")
+        .create()
+        .unwrap()
+}
+
+/// The bare consumer: reads `n` records of `topic` in a new group, storing
+/// each offset; records/s from the first record to the last.
+async fn bare_consumer(topic: &str, n: u64) -> f64 {
+    let consumer = consumer(&unique("bare"));
+    consumer.subscribe(&[topic]).unwrap();
+    let mut first = None;
+    for read in 0..n {
+        let m = consumer.recv().await.unwrap();
+        first.get_or_insert_with(Instant::now);
+        consumer.store_offset_from_message(&m).unwrap();
+        std::hint::black_box((read, m.payload()));
+    }
+    (n - 1) as f64 / first.unwrap().elapsed().as_secs_f64()
+}
+
+fn noop_manifest(name: &str, topic: &str, reuse: bool) -> String {
+    let mut manifest = format!("name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\ngroup = '{}'\nmax-in-flight = 8\n", unique(name));
+    if reuse {
+        manifest.push_str("[reuse]\nmax-messages = 100000\nmax-seconds = 600\n");
+    }
+    manifest
+}
+
+/// A no-op function over the first `n` records of `topic`, on `hosts`.
+async fn noop(hosts: &[&BenchHost], component: &[u8], topic: &str, reuse: bool, n: u64) -> f64 {
+    let name = unique("noop");
+    hosts[0].deploy(&name, &noop_manifest(&name, topic, reuse), component).await;
+    let rate = rate_until_handled(hosts, &name, 0, n).await;
+    hosts[0].undeploy(&name).await;
+    rate
+}
+
+/// Comicbooks for `persons` persons, each in a few roles of a few books, in `database`.
+fn comicbooks(persons: usize, books: usize) -> Vec<Document> {
+    (0..books)
+        .map(|b| {
+            let mut roles = Document::new();
+            for (r, role) in ROLES.iter().enumerate().filter(|(r, _)| (b + r) % 3 != 0) {
+                let people: Vec<Document> = (0..2)
+                    .map(|k| {
+                        let p = (b * 7 + r * 3 + k) % persons;
+                        doc! { "_id": format!("person-{p}"), "firstname": "First", "lastname": format!("Last {p}") }
+                    })
+                    .collect();
+                roles.insert(*role, people);
+            }
+            doc! { "_id": format!("book-{b}"), "name": format!("Book {b}"), "persons": roles }
+        })
+        .collect()
+}
+
+fn person_event(i: usize, persons: usize) -> (String, Vec<u8>) {
+    let id = format!("person-{}", i % persons);
+    let body = json!({ "id": id, "firstname": format!("Renamed {i}"), "lastname": format!("Last {}", i % persons) });
+    (id, serde_json::to_vec(&body).unwrap())
+}
+
+/// The native baseline of person-to-comicbook: a consumer that runs, for
+/// each person event, `update` (the function's one pipeline update, or the
+/// eight array-filter updates it made before) with `in_flight` records at
+/// once; records/s from the first record to the last.
+async fn native_p2c(topic: &str, n: u64, database: &mongodb::Database, eight: bool, in_flight: usize) -> f64 {
+    let consumer = consumer(&unique("native-p2c"));
+    consumer.subscribe(&[topic]).unwrap();
+    let comicbooks = database.collection::<Document>("comicbooks");
+    let first = std::sync::OnceLock::new();
+    consumer
+        .stream()
+        .take(n as usize)
+        .map(|m| {
+            let m = m.unwrap();
+            first.get_or_init(Instant::now);
+            let person: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let comicbooks = comicbooks.clone();
+            async move {
+                let id = person["id"].as_str().unwrap().to_string();
+                let (first, last) = (person["firstname"].as_str().unwrap(), person["lastname"].as_str().unwrap());
+                if eight {
+                    for role in ROLES {
+                        comicbooks
+                            .update_many(
+                                doc! { format!("persons.{role}._id"): &id },
+                                doc! { "$set": { format!("persons.{role}.$[p].firstname"): first, format!("persons.{role}.$[p].lastname"): last } },
+                            )
+                            .array_filters(vec![doc! { "p._id": &id }])
+                            .await
+                            .unwrap();
+                    }
+                } else {
+                    let filter: Vec<Document> = ROLES.iter().map(|r| doc! { format!("persons.{r}._id"): &id }).collect();
+                    let mut set = Document::new();
+                    for role in ROLES {
+                        let list = format!("$persons.{role}");
+                        set.insert(format!("persons.{role}"), doc! { "$cond": [
+                            { "$isArray": &list },
+                            { "$map": { "input": &list, "as": "p", "in": { "$cond": [
+                                { "$eq": ["$$p._id", { "$literal": &id }] },
+                                { "$mergeObjects": ["$$p", { "$literal": { "firstname": first, "lastname": last } }] },
+                                "$$p",
+                            ]}}},
+                            "$$REMOVE",
+                        ]});
+                    }
+                    comicbooks.update_many(doc! { "$or": filter }, vec![doc! { "$set": set }]).await.unwrap();
+                }
+            }
+        })
+        .buffer_unordered(in_flight)
+        .collect::<Vec<()>>()
+        .await;
+    (n - 1) as f64 / first.get().unwrap().elapsed().as_secs_f64()
+}
+
+/// `requests` GETs of `paths` with 16 clients at once; requests/s.
+async fn http_gets(client: &reqwest::Client, urls: &[String], requests: usize) -> f64 {
+    let started = Instant::now();
+    futures::stream::iter((0..requests).map(|i| {
+        let request = client.get(&urls[i % urls.len()]);
+        async move {
+            let r = request.send().await.unwrap();
+            assert!(r.status().is_success());
+            r.bytes().await.unwrap();
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<()>>()
+    .await;
+    requests as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn driver_finds(stores: &mongodb::Collection<Document>, ids: &[String], requests: usize) -> f64 {
+    let started = Instant::now();
+    futures::stream::iter((0..requests).map(|i| {
+        let stores = stores.clone();
+        let id = ids[i % ids.len()].clone();
+        async move {
+            assert!(stores.find_one(doc! { "_id": id }).await.unwrap().is_some());
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<()>>()
+    .await;
+    requests as f64 / started.elapsed().as_secs_f64()
+}
+
+/// PUT → the store's alert mail in the Maildir, `samples` times; sorted.
+async fn store_put_to_mail(host: &BenchHost, samples: usize) -> Vec<Duration> {
+    let new_mail = std::path::Path::new(&env("RUNNEL_MAILDIR")).join("new");
+    let mut seen: HashSet<std::ffi::OsString> =
+        std::fs::read_dir(&new_mail).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let mut times = Vec::new();
+    for i in 0..samples {
+        let name = unique(&format!("Bench store {i}"));
+        let r = host.client.post(host.url("/api/stores")).json(&json!({ "name": name, "address": "1 Main Street", "status": "OPEN" })).send().await.unwrap();
+        let mut store: Value = r.json().await.unwrap();
+        store["status"] = json!("CLOSED");
+        let started = Instant::now();
+        let r = host.client.put(host.url(&format!("/api/stores/{}", store["id"].as_str().unwrap()))).json(&store).send().await.unwrap();
+        assert!(r.status().is_success());
+        'found: loop {
+            assert!(started.elapsed() < Duration::from_secs(60), "no mail for {name}");
+            for entry in std::fs::read_dir(&new_mail).into_iter().flatten().flatten() {
+                if seen.insert(entry.file_name()) && std::fs::read_to_string(entry.path()).unwrap_or_default().contains(&name) {
+                    break 'found;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    times
+}
+
+/// PUT of a person → every comicbook holding them renamed, `samples` times; sorted.
+async fn person_put_to_comicbook(host: &BenchHost, database: &mongodb::Database, samples: usize) -> Vec<Duration> {
+    let mut times = Vec::new();
+    let comicbooks = database.collection::<Document>("comicbooks");
+    for i in 0..samples {
+        let person: Value = host.client.post(host.url("/api/persons")).json(&json!({ "firstname": "Jack", "lastname": "Kirby" })).send().await.unwrap().json().await.unwrap();
+        let id = person["id"].as_str().unwrap().to_string();
+        let embedded = json!({ "id": id, "firstname": "Jack", "lastname": "Kirby" });
+        let r = host.client.post(host.url("/api/comicbooks")).json(&json!({ "name": format!("Latency {i}"), "persons": { "INKER": [embedded] } })).send().await.unwrap();
+        assert!(r.status().is_success());
+        let lastname = format!("Kirby {i}");
+        let started = Instant::now();
+        let r = host.client.put(host.url(&format!("/api/persons/{id}"))).json(&json!({ "firstname": "Jack", "lastname": lastname })).send().await.unwrap();
+        assert!(r.status().is_success());
+        loop {
+            assert!(started.elapsed() < Duration::from_secs(60), "person {id} never renamed");
+            if comicbooks.find_one(doc! { "persons.INKER.lastname": &lastname }).await.unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    times
+}
+
+struct Table(Vec<[String; 4]>);
+
+impl Table {
+    fn row(&mut self, measure: impl Into<String>, runnel: impl Into<String>, baseline: impl Into<String>, ratio: impl Into<String>) {
+        self.0.push([measure.into(), runnel.into(), baseline.into(), ratio.into()]);
+    }
+
+    fn print(&self) {
+        println!("| measure | Runnel | baseline in the same run | ratio |");
+        println!("|---|---|---|---|");
+        for [a, b, c, d] in &self.0 {
+            println!("| {a} | {b} | {c} | {d} |");
+        }
+    }
+}
+
+fn per_s(rate: f64) -> String {
+    format!("{rate:.0}/s")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: u64 = std::env::var("RUNNEL_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let rounds = 3;
+    let probe = read("RUNNEL_BENCH_FIXTURES_DIR", "probe.wasm");
+    let mut table = Table(Vec::new());
+
+    // Topics of no-op records, keys spread over 1,024 values.
+    let (one, four) = (unique("bench-1p"), unique("bench-4p"));
+    create_topic(&one, 1).await;
+    create_topic(&four, 4).await;
+    for topic in [&one, &four] {
+        fill(topic, (0..n).map(|i| (format!("k{}", i % 1024), b"ok".to_vec()))).await;
+    }
+    eprintln!("filled two topics with {n} records each");
+
+    let mongo = mongodb::Client::with_uri_str(env("RUNNEL_MONGODB_URI")).await.unwrap();
+    let functions_dir = env("RUNNEL_BENCH_FUNCTIONS_DIR");
+    let compiled = std::env::temp_dir().join(unique("runnel-bench-compiled"));
+    let compiled_dir = compiled.to_str().unwrap().to_string();
+    let database = unique("bench").replace('-', "_");
+    let host_vars = [
+        ("RUNNEL_FUNCTIONS_DIR", functions_dir.as_str()),
+        ("RUNNEL_COMPILED_DIR", compiled_dir.as_str()),
+        ("ALERT_DISTRIBUTION_LIST", "bench@example.com"),
+    ];
+    // A first start compiles both functions and keeps them; three more
+    // start from the compiled cache (and the versions in the database).
+    let (host, cold) = BenchHost::start(&database, &host_vars).await;
+    drop(host);
+    let mut warm = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (host, ready) = BenchHost::start(&database, &host_vars).await;
+        warm.push(ready);
+        drop(host);
+    }
+    warm.sort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (host, _) = BenchHost::start(&database, &host_vars).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_idle = host.rss_mib();
+
+    // No-op: bare consumer and function, interleaved.
+    let mut rss_after = 0.0;
+    for (topic, partitions) in [(&one, 1), (&four, 4)] {
+        let (mut bare, mut fresh, mut reused) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            bare.push(bare_consumer(topic, n).await);
+            fresh.push(noop(&[&host], &probe, topic, false, n).await);
+            if round == 0 && partitions == 1 {
+                rss_after = host.rss_mib();
+            }
+            reused.push(noop(&[&host], &probe, topic, true, n).await);
+            eprintln!("no-op, {partitions} partition(s), round {round}: bare {:.0}/s, fresh {:.0}/s, reused {:.0}/s", bare[round], fresh[round], reused[round]);
+        }
+        let bare = median(&mut bare);
+        let (fresh, reused) = (median(&mut fresh), median(&mut reused));
+        table.row(format!("no-op function, {partitions} partition(s), fresh instance per record"), per_s(fresh), format!("bare rdkafka consumer: {}", per_s(bare)), format!("**{:.2}**", fresh / bare));
+        table.row(format!("no-op function, {partitions} partition(s), reused instances"), per_s(reused), format!("bare rdkafka consumer: {}", per_s(bare)), format!("**{:.2}**", reused / bare));
+    }
+
+    // Python and JavaScript no-op (fewer records: a fresh Python instance takes ~1.5 ms).
+    let few = n.min(3000);
+    let rust_few = noop(&[&host], &probe, &one, false, few).await;
+    for (language, fixture) in [("Python", "python-probe.wasm"), ("JavaScript", "js-probe.wasm")] {
+        let component = read("RUNNEL_BENCH_FIXTURES_DIR", fixture);
+        let fresh = noop(&[&host], &component, &one, false, few).await;
+        let reused = noop(&[&host], &component, &one, true, few).await;
+        table.row(format!("{language} no-op, 1 partition, fresh / reused"), format!("{} / {}", per_s(fresh), per_s(reused)), format!("Rust no-op, fresh: {}", per_s(rust_few)), format!("{:.2} / {:.2}", fresh / rust_few, reused / rust_few));
+    }
+
+    // Two hosts in one group on the 4-partition topic, against one host.
+    {
+        let (second, _) = BenchHost::start(&database, &host_vars).await;
+        let mut one_host = Vec::new();
+        let mut two_hosts = Vec::new();
+        for _ in 0..rounds {
+            one_host.push(noop(&[&host], &probe, &four, false, n).await);
+            two_hosts.push(noop(&[&host, &second], &probe, &four, false, n).await);
+        }
+        let (one_host, two_hosts) = (median(&mut one_host), median(&mut two_hosts));
+        table.row("no-op, 4 partitions, two hosts in one group (fresh)", per_s(two_hosts), format!("one host: {}", per_s(one_host)), format!("{:.2}", two_hosts / one_host));
+    }
+
+    // person-to-comicbook: the shipped function against native consumers on copies of the same data.
+    {
+        let persons = 200;
+        let books = comicbooks(persons, 400);
+        let events = 600usize;
+        let topic = unique("bench-person");
+        create_topic(&topic, 3).await;
+        fill(&topic, (0..events).map(|i| person_event(i, persons))).await;
+        let component = read("RUNNEL_BENCH_FUNCTIONS_DIR", "person-to-comicbook.wasm");
+        let manifest = String::from_utf8(read("RUNNEL_BENCH_FUNCTIONS_DIR", "person-to-comicbook.toml")).unwrap();
+        let (mut runnel, mut native, mut eight) = (Vec::new(), Vec::new(), Vec::new());
+        let native_db = mongo.database(&format!("{database}_native"));
+        for _ in 0..rounds {
+            for db in [mongo.database(&database), native_db.clone()] {
+                let c = db.collection::<Document>("comicbooks");
+                c.delete_many(doc! { "_id": { "$regex": "^book-" } }).await.unwrap();
+                c.insert_many(books.clone()).await.unwrap();
+            }
+            let group = unique("p2c");
+            let manifest = manifest.replace("topic = \"person\"", &format!("topic = \"{topic}\"")).replace("group = \"person-to-comicbook\"", &format!("group = \"{group}\""));
+            // A version of its own: the seeded one keeps reading `person`.
+            host.deploy("person-to-comicbook", &manifest, &component).await;
+            let before = host.handled("person-to-comicbook").await.unwrap_or(0);
+            runnel.push(rate_until_handled(&[&host], "person-to-comicbook", before, events as u64).await);
+            native.push(native_p2c(&topic, events as u64, &native_db, false, P2C_IN_FLIGHT).await);
+            eight.push(native_p2c(&topic, events as u64, &native_db, true, 1).await);
+            eprintln!("person-to-comicbook: {:.0}/s, native {:.0}/s, native 8 updates {:.0}/s", runnel.last().unwrap(), native.last().unwrap(), eight.last().unwrap());
+        }
+        // Back to the seeded version for the latency rows.
+        let seeded = std::fs::read_to_string(std::path::Path::new(&functions_dir).join("person-to-comicbook.toml")).unwrap();
+        host.deploy("person-to-comicbook", &seeded, &component).await;
+        let (runnel, native, eight) = (median(&mut runnel), median(&mut native), median(&mut eight));
+        table.row(format!("person-to-comicbook, {events} events, 3 partitions, max-in-flight {P2C_IN_FLIGHT}"), per_s(runnel), format!("native consumer, same update and concurrency: {}", per_s(native)), format!("**{:.2}**", runnel / native));
+        table.row("person-to-comicbook against its old shape", per_s(runnel), format!("native, 8 sequential `update_many` per event (the old function's work): {}", per_s(eight)), format!("**{:.1}×**", runnel / eight));
+    }
+
+    // GET /api/stores/{id}, 16 clients, against the driver's find_one.
+    {
+        let mut ids = Vec::new();
+        for i in 0..50 {
+            let r = host.client.post(host.url("/api/stores")).json(&json!({ "name": format!("Get {i}"), "address": "1 Main Street", "status": "OPEN" })).send().await.unwrap();
+            ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+        }
+        let urls: Vec<String> = ids.iter().map(|id| host.url(&format!("/api/stores/{id}"))).collect();
+        let stores = mongo.database(&database).collection::<Document>("stores");
+        let (mut api, mut driver) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            api.push(http_gets(&host.client, &urls, 2000).await);
+            driver.push(driver_finds(&stores, &ids, 2000).await);
+        }
+        let (api, driver) = (median(&mut api), median(&mut driver));
+        table.row("GET /api/stores/{id}, 16 concurrent", per_s(api), format!("driver `find_one`, 16 concurrent: {}", per_s(driver)), format!("{:.2}", api / driver));
+    }
+
+    // PUT → effect, both flows.
+    let mail = store_put_to_mail(&host, 30).await;
+    table.row("PUT /api/stores/{id} → alert mail, p50 / p99 (30)", format!("{} / {}", micros(percentile(&mail, 0.5)), micros(percentile(&mail, 0.99))), "", "");
+    let renamed = person_put_to_comicbook(&host, &mongo.database(&database), 30).await;
+    table.row("PUT /api/persons/{id} → comicbook renamed, p50 / p99 (30)", format!("{} / {}", micros(percentile(&renamed, 0.5)), micros(percentile(&renamed, 0.99))), "", "");
+
+    table.row("RSS idle / after 100k no-op records", format!("{rss_idle:.0} MiB / {rss_after:.0} MiB"), "", "");
+    table.row("start → ready, both functions from the compiled cache (median of 3)", micros(percentile(&warm, 0.5)), format!("first start, compiling: {}", micros(cold)), "");
+
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("\n{} cores, load {} before the table; {n} no-op records per run; medians of {rounds} interleaved runs\n", std::thread::available_parallelism().map_or(0, |n| n.get()), load.split(' ').take(3).collect::<Vec<_>>().join(" "));
+    table.print();
+    let _ = std::fs::remove_dir_all(compiled);
+    let _ = mongo.database(&database).drop().await;
+    let _ = mongo.database(&format!("{database}_native")).drop().await;
+}
