@@ -111,40 +111,47 @@ impl BenchHost {
         assert!(r.status().is_success(), "undeploy {name}: {}", r.status());
     }
 
-    /// Records `name` handled here, once it runs.
-    pub async fn handled(&self, name: &str) -> Option<u64> {
+    /// `name`'s counters here (handled, assignments), once it runs.
+    pub async fn counters(&self, name: &str) -> Option<(u64, u64)> {
         let r = self.client.get(self.url(&format!("/admin/functions/{name}"))).send().await.ok()?;
         let v: Value = r.json().await.ok()?;
-        (v["state"] == "running").then(|| v["running"]["counters"]["handled"].as_u64().unwrap_or(0))
+        let counters = &v["running"]["counters"];
+        (v["state"] == "running").then(|| (counters["handled"].as_u64().unwrap_or(0), counters["assignments"].as_u64().unwrap_or(0)))
+    }
+
+    /// Records `name` handled here, once it runs.
+    pub async fn handled(&self, name: &str) -> Option<u64> {
+        self.counters(name).await.map(|(handled, _)| handled)
     }
 }
 
-/// Records per second `hosts` handled of `n` more records for `name` (which
-/// had handled `from`), from the first record handled to the last (so the
-/// group's join is left out).
-pub async fn rate_until_handled(hosts: &[&BenchHost], name: &str, from: u64, n: u64) -> f64 {
+/// Records per second `hosts` handled of `n` more records for `name`, from
+/// its consumer's next partition assignment (the group's join is left out,
+/// fetching is not) to the last record; `from` is (handled, assignments)
+/// before.
+pub async fn rate_until_handled(hosts: &[&BenchHost], name: &str, from: (u64, u64), n: u64) -> f64 {
     let total = || async {
-        let mut sum = 0;
+        let mut sum = (0, 0);
         for host in hosts {
-            sum += host.handled(name).await.unwrap_or(0);
+            let (handled, assignments) = host.counters(name).await.unwrap_or_default();
+            sum = (sum.0 + handled, sum.1 + assignments);
         }
         sum
     };
     let deadline = Instant::now() + Duration::from_secs(900);
-    let (first, at_first) = loop {
-        let handled = total().await;
-        if handled > from {
-            break (handled, Instant::now());
+    let assigned = loop {
+        if total().await.1 > from.1 {
+            break Instant::now();
         }
-        assert!(Instant::now() < deadline, "{name}: no record handled");
+        assert!(Instant::now() < deadline, "{name}: never assigned");
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     loop {
-        let handled = total().await;
-        if handled >= from + n {
-            return (handled - first) as f64 / at_first.elapsed().as_secs_f64();
+        let (handled, _) = total().await;
+        if handled >= from.0 + n {
+            return n as f64 / assigned.elapsed().as_secs_f64();
         }
         assert!(Instant::now() < deadline, "{name}: {handled} of {n} records handled");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

@@ -126,9 +126,12 @@ const TABLES_PER_COMPONENT: u32 = 32;
 const TABLE_ELEMENTS: usize = 100_000;
 
 /// Memory and table bytes a freed slot keeps resident for the next instance,
-/// and how many freed slots stay warm: at most 64 × 8 MiB resident for them.
-const KEEP_RESIDENT: usize = 8 << 20;
-const WARM_SLOTS: u32 = 64;
+/// and how many freed slots stay warm: at most 16 × 1 MiB of memories (and
+/// as much of tables) resident for them. (8 MiB and 64 slots kept over
+/// 500 MB resident after a busy run, for no gain in a Rust function's
+/// instance; a larger function's instance pays the page faults beyond it.)
+const KEEP_RESIDENT: usize = 1 << 20;
+const WARM_SLOTS: u32 = 16;
 
 /// How many compiled components the cache keeps.
 const COMPILED_KEPT: usize = 32;

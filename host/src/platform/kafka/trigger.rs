@@ -13,9 +13,10 @@
 //! its partition's worker and goes on polling, so the consumer keeps its
 //! group membership however long a record takes or is retried. A worker
 //! that falls behind (a slow record, a retry waiting out its back-off)
-//! fills its queue, and the loop then *pauses that partition* at the broker
-//! (rdkafka pause/resume) until the worker catches up; the other partitions
-//! keep flowing. Stored offsets are committed in batches (every
+//! fills its queue; the loop keeps a bounded number of its records in
+//! memory (handed on each time the worker takes one), and past that
+//! *pauses the partition* at the broker (rdkafka pause/resume) until the
+//! worker catches up; the other partitions keep flowing. Stored offsets are committed in batches (every
 //! [`COMMIT_INTERVAL`]), when partitions are revoked, and when the trigger
 //! stops.
 //!
@@ -77,8 +78,15 @@ use crate::platform::{
 
 /// How often stored offsets are committed.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
-/// Records queued for a partition's worker before the partition is paused.
+/// Records queued for a partition's worker; more wait in the consumer loop…
 const QUEUED_PER_PARTITION: usize = 64;
+/// …until there are this many, or this many bytes: then the partition is
+/// paused, and resumed once half of them have gone to the worker (so that
+/// the fetch after the resume overlaps with the worker taking the other
+/// half). A pause costs a new fetch, so a worker that is only a little
+/// behind is fed from memory instead.
+const PAUSE_AT_RECORDS: usize = 8192;
+const PAUSE_AT_BYTES: usize = 4 << 20;
 /// The longest wait between two tries while a service is unavailable: the
 /// record goes on soon after the service is back.
 const MAX_OUTAGE_BACKOFF: Duration = Duration::from_secs(5);
@@ -240,11 +248,62 @@ type TriggerConsumer = StreamConsumer<TriggerContext>;
 /// The consumer loop's view of one partition.
 struct Feed {
     queue: mpsc::Sender<Message>,
-    /// Records fetched while the queue was full; the partition is paused
-    /// while there are any.
+    /// Records fetched while the queue was full, and their size; once there
+    /// are [`PAUSE_AT_RECORDS`] or [`PAUSE_AT_BYTES`], the partition is
+    /// paused until half of them have gone to the worker.
     waiting: VecDeque<Message>,
+    waiting_bytes: usize,
     paused: bool,
     flags: Arc<WorkerFlags>,
+}
+
+impl Feed {
+    /// Hands `message` to the worker, or keeps it waiting; true when the
+    /// partition should be paused now.
+    fn push(&mut self, message: Message) -> bool {
+        if self.waiting.is_empty() {
+            match self.queue.try_send(message) {
+                Ok(()) => return false,
+                Err(mpsc::error::TrySendError::Full(message)) => self.keep(message),
+                // The worker ended (revoked, or stopping): the record is seen again later.
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        } else {
+            self.keep(message);
+        }
+        !self.paused && (self.waiting.len() >= PAUSE_AT_RECORDS || self.waiting_bytes >= PAUSE_AT_BYTES)
+    }
+
+    /// Roughly what `message` takes in memory.
+    fn size(message: &Message) -> usize {
+        let headers: usize = message.headers.iter().map(|h| h.key.len() + h.value.len() + 48).sum();
+        message.payload.len() + message.key.as_ref().map_or(0, Vec::len) + message.topic.len() + headers + 160
+    }
+
+    fn keep(&mut self, message: Message) {
+        self.waiting_bytes += Self::size(&message);
+        self.waiting.push_back(message);
+    }
+
+    /// Moves waiting records to the worker's queue while it has room; true
+    /// when the partition is paused and half of what paused it has gone.
+    fn refill(&mut self) -> bool {
+        while let Some(message) = self.waiting.pop_front() {
+            let bytes = Self::size(&message);
+            match self.queue.try_send(message) {
+                Ok(()) => self.waiting_bytes -= bytes,
+                Err(mpsc::error::TrySendError::Full(message)) => {
+                    self.waiting.push_front(message);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.waiting.clear();
+                    self.waiting_bytes = 0;
+                }
+            }
+        }
+        self.paused && self.waiting.len() <= PAUSE_AT_RECORDS / 2 && self.waiting_bytes <= PAUSE_AT_BYTES / 2
+    }
 }
 
 impl Trigger {
@@ -265,6 +324,7 @@ impl Trigger {
         let (halt_tx, halt) = watch::channel(false);
         let (ended_tx, mut ended) = mpsc::unbounded_channel::<FunctionState>();
         let dirty = Arc::new(AtomicBool::new(false));
+        let room = Arc::new(tokio::sync::Notify::new());
         let mut feeds: HashMap<i32, Feed> = HashMap::new();
         let mut tasks = JoinSet::new();
         let mut tick = tokio::time::interval(COMMIT_INTERVAL);
@@ -306,6 +366,7 @@ impl Trigger {
                                 halt: halt.clone(),
                                 dirty: dirty.clone(),
                                 ended: ended_tx.clone(),
+                                room: room.clone(),
                             };
                             let flags = Arc::new(WorkerFlags::default());
                             let (queue, rx) = mpsc::channel(QUEUED_PER_PARTITION);
@@ -313,42 +374,22 @@ impl Trigger {
                             tasks.spawn(worker.run(rx, flags.clone()));
                             // A partition paused before a revocation starts flowing again.
                             self.pause(&consumer, partition, false);
-                            feeds.insert(partition, Feed { queue, waiting: VecDeque::new(), paused: false, flags });
+                            let feed = Feed { queue, waiting: VecDeque::new(), waiting_bytes: 0, paused: false, flags };
+                            feeds.insert(partition, feed);
                             feeds.get_mut(&partition)
                         }
                     };
                     let Some(feed) = feed else { continue };
-                    if feed.waiting.is_empty() {
-                        match feed.queue.try_send(message) {
-                            Ok(()) => continue,
-                            Err(mpsc::error::TrySendError::Full(message)) => feed.waiting.push_back(message),
-                            // The worker ended (revoked, or stopping): the record is seen again later.
-                            Err(mpsc::error::TrySendError::Closed(_)) => continue,
-                        }
-                    } else {
-                        feed.waiting.push_back(message);
-                    }
-                    if !feed.paused {
+                    if feed.push(message) {
                         feed.paused = true;
                         self.pause(&consumer, partition, true);
                     }
                 }
+                // A worker took a record: records waiting for it move on.
+                () = room.notified(), if feeds.values().any(|f| !f.waiting.is_empty()) => self.refill(&consumer, &mut feeds),
                 _ = tick.tick() => {
                     feeds.retain(|_, feed| !feed.flags.is_revoked());
-                    for (partition, feed) in &mut feeds {
-                        while let Some(message) = feed.waiting.pop_front() {
-                            if let Err(e) = feed.queue.try_send(message) {
-                                if let mpsc::error::TrySendError::Full(message) = e {
-                                    feed.waiting.push_front(message);
-                                }
-                                break;
-                            }
-                        }
-                        if feed.paused && feed.waiting.is_empty() {
-                            feed.paused = false;
-                            self.pause(&consumer, *partition, false);
-                        }
-                    }
+                    self.refill(&consumer, &mut feeds);
                     if dirty.swap(false, Ordering::AcqRel) | commit_failed.swap(false, Ordering::AcqRel) {
                         commit(&consumer, CommitMode::Async, &name);
                     }
@@ -367,6 +408,17 @@ impl Trigger {
         }
         tracing::info!(function = %name, ?state, "trigger stopped");
         state
+    }
+
+    /// Feeds waiting records to their workers, and resumes the partitions
+    /// that have caught up.
+    fn refill(&self, consumer: &TriggerConsumer, feeds: &mut HashMap<i32, Feed>) {
+        for (partition, feed) in feeds {
+            if feed.refill() {
+                feed.paused = false;
+                self.pause(consumer, *partition, false);
+            }
+        }
     }
 
     fn handler(&self) -> Handler {
@@ -435,6 +487,8 @@ struct Worker {
     dirty: Arc<AtomicBool>,
     /// Where the state to stop in goes when the function cannot go on.
     ended: mpsc::UnboundedSender<FunctionState>,
+    /// Told each time the worker takes a record from its queue.
+    room: Arc<tokio::sync::Notify>,
 }
 
 /// The records a worker has taken and not finished, in offset order: the
@@ -520,6 +574,7 @@ impl Worker {
                         taking = false;
                         continue;
                     };
+                    self.room.notify_one();
                     // Outside the call fence: a revocation need not wait for
                     // the journal; a mark raised by a revoked worker only
                     // makes the next owner read more journals.
