@@ -16,9 +16,9 @@
 //! fills its queue; the loop keeps a bounded number of its records in
 //! memory (handed on each time the worker takes one), and past that
 //! *pauses the partition* at the broker (rdkafka pause/resume) until the
-//! worker catches up; the other partitions keep flowing. Stored offsets are committed in batches (every
-//! [`COMMIT_INTERVAL`]), when partitions are revoked, and when the trigger
-//! stops.
+//! worker catches up; the other partitions keep flowing. Stored offsets are
+//! committed in batches (every [`COMMIT_INTERVAL`]), when partitions are
+//! revoked, and when the trigger stops.
 //!
 //! On a rebalance, a revoked partition's worker finishes the call in flight
 //! (the revocation waits for it, up to the call deadline), then its offsets
