@@ -88,7 +88,7 @@ async fn a_person_update_reaches_every_embedding_and_nothing_else() {
     assert_eq!(raw.keys().collect::<Vec<_>>(), ["_id", "name", "persons"]);
 
     // The same event again changes nothing more.
-    let producer = runnel::platform::kafka::EventProducer::new(&servers.kafka_brokers, Duration::from_secs(10), false).unwrap();
+    let producer = runnel::platform::kafka::EventProducer::new(&runnel::platform::kafka::Cluster::new(&servers.kafka_brokers, Vec::new()), Duration::from_secs(10), false).unwrap();
     producer
         .publish(runnel::platform::kafka::Event::json("person", p["id"].as_str().unwrap(), &renamed))
         .await

@@ -16,7 +16,7 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn produce(brokers: &str, topic: &str, key: &str) {
-    let producer = runnel::platform::kafka::EventProducer::new(brokers, Duration::from_secs(10), false).unwrap();
+    let producer = runnel::platform::kafka::EventProducer::new(&runnel::platform::kafka::Cluster::new(brokers, Vec::new()), Duration::from_secs(10), false).unwrap();
     producer
         .publish(runnel::platform::kafka::Event { topic, key: Some(key.as_bytes()), payload: b"{}".to_vec(), headers: vec![] })
         .await

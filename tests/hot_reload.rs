@@ -47,7 +47,7 @@ async fn a_changed_file_is_live_at_once_and_a_half_written_one_never_loads() {
     let producing = {
         let (brokers, topic, running) = (servers.kafka_brokers.clone(), topic.clone(), running.clone());
         tokio::spawn(async move {
-            let producer = runnel::platform::kafka::EventProducer::new(&brokers, Duration::from_secs(10), false).unwrap();
+            let producer = runnel::platform::kafka::EventProducer::new(&runnel::platform::kafka::Cluster::new(&brokers, Vec::new()), Duration::from_secs(10), false).unwrap();
             let mut n = 0u64;
             while running.load(Ordering::Relaxed) {
                 let key = format!("k{n}");

@@ -25,7 +25,7 @@ async fn swapping_every_200_ms_under_load_loses_and_repeats_nothing() {
     let (name, topic, group, collection) = (format!("reload-{id}"), format!("reload-{id}"), format!("reload-{id}"), "records");
     create_topic(&servers.kafka_brokers, &topic, PARTITIONS).await;
 
-    let producer = runnel::platform::kafka::EventProducer::new(&servers.kafka_brokers, Duration::from_secs(30), false).unwrap();
+    let producer = runnel::platform::kafka::EventProducer::new(&runnel::platform::kafka::Cluster::new(&servers.kafka_brokers, Vec::new()), Duration::from_secs(30), false).unwrap();
     let keys: Vec<String> = (0..RECORDS).map(|i| format!("k{i}")).collect();
     for batch in keys.chunks(1000) {
         let sends = batch.iter().map(|key| {

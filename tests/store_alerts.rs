@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
-    Host, Servers, host_command,
+    Host, Servers, start_failing,
     store_alert_flow::{DISTRIBUTION_LIST, create_store, store_alert_flow},
 };
 
@@ -108,19 +108,6 @@ async fn stores_crud_round_trip() {
     assert_eq!(r.headers()["x-total-count"], "1");
     let left: Vec<Value> = r.json().await.unwrap();
     assert_eq!(left, vec![b]);
-}
-
-/// Starts a host that must fail; returns what it printed.
-async fn start_failing(servers: &Servers, env: &[(&str, &str)]) -> String {
-    let mut cmd = host_command(servers, "test_bad_config", support::free_port(), env);
-    let output = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("the host gave up within 60 s")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(!output.status.success(), "the host started: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
 }
 
 /// Bad configuration is a message naming the setting, not a panic.

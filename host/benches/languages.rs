@@ -123,7 +123,7 @@ async fn flow(language: &str, component: &[u8], manifest: &str, n: u64) -> f64 {
         &[("RUNNEL_FUNCTIONS_DIR", dir.to_str().unwrap()), ("ALERT_DISTRIBUTION_LIST", "bench@example.com")],
     )
     .await;
-    let producer = EventProducer::new(&env("RUNNEL_KAFKA_BROKERS"), Duration::from_secs(10), false).unwrap();
+    let producer = EventProducer::new(&runnel::platform::kafka::Cluster::new(&env("RUNNEL_KAFKA_BROKERS"), Vec::new()), Duration::from_secs(10), false).unwrap();
     let started = Instant::now();
     for i in 0..n {
         let body = serde_json::json!({ "storeName": format!("Bench {language} {i}"), "storeStatus": "CLOSED" });

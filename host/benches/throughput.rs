@@ -16,7 +16,9 @@
 //!
 //! Reads RUNNEL_BENCH_FIXTURES_DIR, RUNNEL_BENCH_FUNCTIONS_DIR, RUNNEL_BENCH_HOST
 //! and the servers' RUNNEL_* variables; RUNNEL_BENCH_RECORDS (default 100000)
-//! sets the records of the no-op runs.
+//! sets the records of the no-op runs, RUNNEL_BENCH_ROWS (a comma-separated
+//! list of `start`, `noop`, `languages`, `hosts`, `p2c`, `get`, `latency`;
+//! default all) the rows measured.
 
 mod support;
 
@@ -35,7 +37,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use serde_json::{Value, json};
-use support::{BenchHost, env, median, micros, percentile, rate_until_handled, read, unique};
+use support::{BenchHost, Counters, Measured, env, median, micros, percentile, rate_until_handled, read, unique};
 
 const ROLES: [&str; 8] = ["WRITER", "ARTIST", "PENCILLER", "INKER", "COLORIST", "LETTERER", "COVER_ARTIST", "EDITOR"];
 /// Concurrency of person-to-comicbook (its manifest's `max-in-flight`) and of its native baseline.
@@ -131,12 +133,28 @@ fn noop_manifest(name: &str, topic: &str, reuse: bool) -> String {
 }
 
 /// A no-op function over the first `n` records of `topic`, on `hosts`.
-async fn noop(hosts: &[&BenchHost], component: &[u8], topic: &str, reuse: bool, n: u64) -> f64 {
+async fn noop(hosts: &[&BenchHost], component: &[u8], topic: &str, reuse: bool, n: u64) -> Measured {
     let name = unique("noop");
     hosts[0].deploy(&name, &noop_manifest(&name, topic, reuse), component).await;
-    let rate = rate_until_handled(hosts, &name, (0, 0), n).await;
+    let measured = rate_until_handled(hosts, &name, Counters::default(), n).await;
     hosts[0].undeploy(&name).await;
-    rate
+    measured
+}
+
+/// Partitions taken from a consumer in the middle of a run on one host,
+/// where nothing should ever take them: the "lost assignments".
+#[derive(Default)]
+struct Lost {
+    runs: u64,
+    revocations: u64,
+}
+
+impl Lost {
+    fn rate(&mut self, measured: Measured) -> f64 {
+        self.runs += 1;
+        self.revocations += measured.revocations;
+        measured.rate
+    }
 }
 
 /// Comicbooks for `persons` persons, each in a few roles of a few books, in `database`.
@@ -322,6 +340,11 @@ impl Table {
     }
 }
 
+/// Whether RUNNEL_BENCH_ROWS asks for the rows of `section`.
+fn wanted(section: &str) -> bool {
+    std::env::var("RUNNEL_BENCH_ROWS").map_or(true, |rows| rows.split(',').any(|r| r.trim() == section))
+}
+
 fn per_s(rate: f64) -> String {
     format!("{rate:.0}/s")
 }
@@ -332,15 +355,18 @@ async fn main() {
     let rounds = 3;
     let probe = read("RUNNEL_BENCH_FIXTURES_DIR", "probe.wasm");
     let mut table = Table(Vec::new());
+    let mut lost = Lost::default();
 
     // Topics of no-op records, keys spread over 1,024 values.
     let (one, four) = (unique("bench-1p"), unique("bench-4p"));
-    create_topic(&one, 1).await;
-    create_topic(&four, 4).await;
-    for topic in [&one, &four] {
-        fill(topic, (0..n).map(|i| (format!("k{}", i % 1024), b"ok".to_vec()))).await;
+    if wanted("noop") || wanted("languages") || wanted("hosts") {
+        create_topic(&one, 1).await;
+        create_topic(&four, 4).await;
+        for topic in [&one, &four] {
+            fill(topic, (0..n).map(|i| (format!("k{}", i % 1024), b"ok".to_vec()))).await;
+        }
+        eprintln!("filled two topics with {n} records each");
     }
-    eprintln!("filled two topics with {n} records each");
 
     let mongo = mongodb::Client::with_uri_str(env("RUNNEL_MONGODB_URI")).await.unwrap();
     let functions_dir = env("RUNNEL_BENCH_FUNCTIONS_DIR");
@@ -357,7 +383,7 @@ async fn main() {
     let (host, cold) = BenchHost::start(&database, &host_vars).await;
     drop(host);
     let mut warm = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..if wanted("start") { rounds } else { 0 } {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (host, ready) = BenchHost::start(&database, &host_vars).await;
         warm.push(ready);
@@ -370,16 +396,16 @@ async fn main() {
     let rss_idle = host.rss_mib();
 
     // No-op: bare consumer and function, interleaved.
-    let mut rss_after = 0.0;
-    for (topic, partitions) in [(&one, 1), (&four, 4)] {
+    let mut rss_after = None;
+    for (topic, partitions) in [(&one, 1), (&four, 4)].into_iter().filter(|_| wanted("noop")) {
         let (mut bare, mut fresh, mut reused) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             bare.push(bare_consumer(topic, n).await);
-            fresh.push(noop(&[&host], &probe, topic, false, n).await);
+            fresh.push(lost.rate(noop(&[&host], &probe, topic, false, n).await));
             if round == 0 && partitions == 1 {
-                rss_after = host.rss_mib();
+                rss_after = Some(host.rss_mib());
             }
-            reused.push(noop(&[&host], &probe, topic, true, n).await);
+            reused.push(lost.rate(noop(&[&host], &probe, topic, true, n).await));
             eprintln!("no-op, {partitions} partition(s), round {round}: bare {:.0}/s, fresh {:.0}/s, reused {:.0}/s", bare[round], fresh[round], reused[round]);
         }
         let bare = median(&mut bare);
@@ -390,32 +416,34 @@ async fn main() {
 
     // Python and JavaScript no-op (fewer records: a fresh Python instance takes ~1.5 ms).
     let few = n.min(3000);
-    let rust_few = noop(&[&host], &probe, &one, false, few).await;
-    for (language, fixture) in [("Python", "python-probe.wasm"), ("JavaScript", "js-probe.wasm")] {
+    let rust_few = if wanted("languages") { lost.rate(noop(&[&host], &probe, &one, false, few).await) } else { 0.0 };
+    for (language, fixture) in [("Python", "python-probe.wasm"), ("JavaScript", "js-probe.wasm")].into_iter().filter(|_| wanted("languages")) {
         let component = read("RUNNEL_BENCH_FIXTURES_DIR", fixture);
-        let fresh = noop(&[&host], &component, &one, false, few).await;
-        let reused = noop(&[&host], &component, &one, true, few).await;
+        let fresh = lost.rate(noop(&[&host], &component, &one, false, few).await);
+        let reused = lost.rate(noop(&[&host], &component, &one, true, few).await);
         eprintln!("{language} no-op: fresh {fresh:.0}/s, reused {reused:.0}/s (Rust fresh {rust_few:.0}/s)");
         table.row(format!("{language} no-op, 1 partition, fresh / reused"), format!("{} / {}", per_s(fresh), per_s(reused)), format!("Rust no-op, fresh: {}", per_s(rust_few)), format!("{:.2} / {:.2}", fresh / rust_few, reused / rust_few));
     }
 
     // Two hosts in one group on the 4-partition topic, against one host
     // (the second host is started for each of its runs, from the cache).
-    {
-        let (mut one_host, mut two_hosts) = (Vec::new(), Vec::new());
+    if wanted("hosts") {
+        let (mut one_host, mut two_hosts, mut rebalances) = (Vec::new(), Vec::new(), 0);
         for _ in 0..rounds {
-            one_host.push(noop(&[&host], &probe, &four, false, n).await);
+            one_host.push(lost.rate(noop(&[&host], &probe, &four, false, n).await));
             let (second, _) = BenchHost::start(&database, &host_vars).await;
-            two_hosts.push(noop(&[&host, &second], &probe, &four, false, n).await);
+            let two = noop(&[&host, &second], &probe, &four, false, n).await;
+            two_hosts.push(two.rate);
+            rebalances += two.revocations;
             drop(second);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let (one_host, two_hosts) = (median(&mut one_host), median(&mut two_hosts));
-        table.row("no-op, 4 partitions, two hosts in one group (fresh)", per_s(two_hosts), format!("one host: {}", per_s(one_host)), format!("{:.2}", two_hosts / one_host));
+        table.row(format!("no-op, 4 partitions, two hosts in one group (fresh); revocations in {rounds} runs: {rebalances}"), per_s(two_hosts), format!("one host: {}", per_s(one_host)), format!("{:.2}", two_hosts / one_host));
     }
 
     // person-to-comicbook: the shipped function against native consumers on copies of the same data.
-    {
+    if wanted("p2c") {
         let persons = 200;
         let books = comicbooks(persons, 400);
         let events = 600usize;
@@ -439,7 +467,7 @@ async fn main() {
             // A version of its own: the seeded one keeps reading `person`.
             host.deploy("person-to-comicbook", &manifest, &component).await;
             let before = host.counters("person-to-comicbook").await.unwrap_or_default();
-            runnel.push(rate_until_handled(&[&host], "person-to-comicbook", before, events as u64).await);
+            runnel.push(lost.rate(rate_until_handled(&[&host], "person-to-comicbook", before, events as u64).await));
             native.push(native_p2c(&topic, events as u64, &native_db, false, P2C_IN_FLIGHT).await);
             eight.push(native_p2c(&topic, events as u64, &native_db, true, 1).await);
             eprintln!("person-to-comicbook: {:.0}/s, native {:.0}/s, native 8 updates {:.0}/s", runnel.last().unwrap(), native.last().unwrap(), eight.last().unwrap());
@@ -453,7 +481,7 @@ async fn main() {
     }
 
     // GET /api/stores/{id}, 16 clients, against the driver's find_one.
-    {
+    if wanted("get") {
         let mut ids = Vec::new();
         for i in 0..50 {
             let r = host.client.post(host.url("/api/stores")).json(&json!({ "name": format!("Get {i}"), "address": "1 Main Street", "status": "OPEN" })).send().await.unwrap();
@@ -471,13 +499,20 @@ async fn main() {
     }
 
     // PUT → effect, both flows.
-    let mail = store_put_to_mail(&host, 30).await;
-    table.row("PUT /api/stores/{id} → alert mail, p50 / p99 (30)", format!("{} / {}", micros(percentile(&mail, 0.5)), micros(percentile(&mail, 0.99))), "", "");
-    let renamed = person_put_to_comicbook(&host, &mongo.database(&database), 30).await;
-    table.row("PUT /api/persons/{id} → comicbook renamed, p50 / p99 (30)", format!("{} / {}", micros(percentile(&renamed, 0.5)), micros(percentile(&renamed, 0.99))), "", "");
+    if wanted("latency") {
+        let mail = store_put_to_mail(&host, 30).await;
+        table.row("PUT /api/stores/{id} → alert mail, p50 / p99 (30)", format!("{} / {}", micros(percentile(&mail, 0.5)), micros(percentile(&mail, 0.99))), "", "");
+        let renamed = person_put_to_comicbook(&host, &mongo.database(&database), 30).await;
+        table.row("PUT /api/persons/{id} → comicbook renamed, p50 / p99 (30)", format!("{} / {}", micros(percentile(&renamed, 0.5)), micros(percentile(&renamed, 0.99))), "", "");
+    }
 
-    table.row("RSS idle / after 100k no-op records", format!("{rss_idle:.0} MiB / {rss_after:.0} MiB"), "", "");
-    table.row("start → ready, both functions from the compiled cache (median of 3)", micros(percentile(&warm, 0.5)), format!("first start, compiling: {}", micros(cold)), "");
+    if let Some(rss_after) = rss_after {
+        table.row(format!("RSS idle / after {n} no-op records"), format!("{rss_idle:.0} MiB / {rss_after:.0} MiB"), "", "");
+    }
+    if !warm.is_empty() {
+        table.row("start → ready, both functions from the compiled cache (median of 3)", micros(percentile(&warm, 0.5)), format!("first start, compiling: {}", micros(cold)), "");
+    }
+    table.row("partitions lost in the middle of a one-host run", format!("{} in {} runs", lost.revocations, lost.runs), "", "");
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("\n{} cores, load {} before the table; {n} no-op records per run; medians of {rounds} interleaved runs\n", std::thread::available_parallelism().map_or(0, |n| n.get()), load.split(' ').take(3).collect::<Vec<_>>().join(" "));

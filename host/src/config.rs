@@ -3,13 +3,18 @@
 //! The variable names are Runnel's public interface (scripts, compose.yaml and
 //! deployments use them), so every error names the variable at fault.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{borrow::Cow, collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::platform::{kafka::Property, redact};
 
 /// Everything the host needs to start; see README.md for each variable.
-#[derive(Debug, Clone)]
+/// Its `Debug` hides the passwords its URLs and properties may hold.
+#[derive(Clone)]
 pub struct Config {
     pub http_addr: SocketAddr,
     pub kafka_brokers: String,
+    /// librdkafka properties from `RUNNEL_KAFKA_<PROPERTY>`, for every client.
+    pub kafka_properties: Vec<Property>,
     pub mongodb_uri: String,
     pub mongodb_database: String,
     pub smtp_url: String,
@@ -35,29 +40,50 @@ pub struct Config {
     pub topic_partitions: i32,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("http_addr", &self.http_addr)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_properties", &self.kafka_properties)
+            .field("mongodb_uri", &redact::url(&self.mongodb_uri))
+            .field("mongodb_database", &self.mongodb_database)
+            .field("smtp_url", &redact::url(&self.smtp_url))
+            .field("mail_from", &self.mail_from)
+            .field("functions_dir", &self.functions_dir)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| redact::HIDDEN))
+            .field("compiled_dir", &self.compiled_dir)
+            .field("topic_partitions", &self.topic_partitions)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A setting that is missing or malformed.
 #[derive(Debug, thiserror::Error)]
 #[error("{name}: {problem}")]
 pub struct ConfigError {
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub problem: String,
 }
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment (variables that are not UTF-8 are
+    /// not Runnel's).
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_vars(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))))
     }
 
-    /// Reads settings through `lookup` (the environment, or a map in tests).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    /// Reads settings from `vars` (the environment, or a list in tests).
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = vars.into_iter().collect();
+        let lookup = |name: &str| vars.get(name).cloned();
         let get = |name: &'static str, default: &str| {
             lookup(name)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| default.to_string())
         };
-        let err = |name: &'static str, problem: String| ConfigError { name, problem };
+        let err = |name: &'static str, problem: String| ConfigError { name: name.into(), problem };
 
         let http_addr = get("RUNNEL_HTTP_ADDR", "127.0.0.1:8080");
         let http_addr = http_addr.parse().map_err(|e| {
@@ -78,11 +104,23 @@ impl Config {
             }
         }
 
+        // Sorted, so that the first bad one is named whatever the environment's order.
+        let mut kafka_properties = Vec::new();
+        let mut kafka_vars: Vec<(&String, &String)> = vars.iter().collect();
+        kafka_vars.sort();
+        for (variable, value) in kafka_vars {
+            match Property::from_variable(variable, value.trim()) {
+                None => {}
+                Some(Ok(property)) => kafka_properties.push(property),
+                Some(Err(problem)) => return Err(ConfigError { name: variable.clone().into(), problem }),
+            }
+        }
+
         let mongodb_uri = get("RUNNEL_MONGODB_URI", "mongodb://127.0.0.1:27017");
         if !(mongodb_uri.starts_with("mongodb://") || mongodb_uri.starts_with("mongodb+srv://")) {
             return Err(err(
                 "RUNNEL_MONGODB_URI",
-                format!("'{mongodb_uri}' must start with mongodb:// or mongodb+srv://"),
+                format!("'{}' must start with mongodb:// or mongodb+srv://", redact::url(&mongodb_uri)),
             ));
         }
         let mongodb_database = get("RUNNEL_MONGODB_DATABASE", "runnel");
@@ -97,7 +135,7 @@ impl Config {
         if !["smtp://", "smtps://"].iter().any(|s| smtp_url.starts_with(s)) {
             return Err(err(
                 "RUNNEL_SMTP_URL",
-                format!("'{smtp_url}' must be an smtp:// or smtps:// URL, e.g. smtp://127.0.0.1:2525"),
+                format!("'{}' must be an smtp:// or smtps:// URL, e.g. smtp://127.0.0.1:2525", redact::url(&smtp_url)),
             ));
         }
         let mail_from = get("RUNNEL_MAIL_FROM", "runnel@localhost");
@@ -156,6 +194,7 @@ impl Config {
         Ok(Config {
             http_addr,
             kafka_brokers,
+            kafka_properties,
             mongodb_uri,
             mongodb_database,
             smtp_url,
@@ -176,12 +215,9 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::from_lookup(|k| map.get(k).cloned())
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -214,5 +250,59 @@ mod tests {
             assert_eq!(e.name, name);
             assert!(e.to_string().starts_with(name), "{e}");
         }
+    }
+
+    #[test]
+    fn kafka_properties_come_from_their_variables() {
+        let c = config(&[
+            ("RUNNEL_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("RUNNEL_KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("RUNNEL_KAFKA_SASL_PASSWORD", "hunter2-hunter2"),
+            ("RUNNEL_KAFKA_BROKERS", "k:9092"),
+        ])
+        .unwrap();
+        let set: Vec<(&str, &str)> = c.kafka_properties.iter().map(|p| (p.name.as_str(), p.value.as_str())).collect();
+        assert_eq!(set, [("sasl.mechanism", "PLAIN"), ("sasl.password", "hunter2-hunter2"), ("security.protocol", "SASL_PLAINTEXT")]);
+        let shown = format!("{:?}", c.kafka_properties);
+        assert!(!shown.contains("hunter2") && shown.contains("sasl.password=***"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_kafka_property_is_named_and_its_secret_kept() {
+        for (name, value, says) in [
+            ("RUNNEL_KAFKA_NO_SUCH_THING", "1", "no.such.thing"),
+            ("RUNNEL_KAFKA_SESSION_TIMEOUT_MS", "soon", "session.timeout.ms"),
+            ("RUNNEL_KAFKA_GROUP_ID", "mine", "manifest"),
+            ("RUNNEL_KAFKA_ENABLE_AUTO_COMMIT", "true", "commits what was handled"),
+            ("RUNNEL_KAFKA_security_protocol", "SSL", "upper-case"),
+            ("RUNNEL_KAFKA_SSL_KEY_PASSWORD_TYPO", "hunter2-hunter2", "ssl.key.password.typo"),
+        ] {
+            let e = config(&[(name, value)]).unwrap_err();
+            assert_eq!(e.name, name);
+            let text = e.to_string();
+            assert!(text.starts_with(name) && text.contains(says), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_secrets() {
+        let c = config(&[
+            ("RUNNEL_SMTP_URL", "smtp://mailer:hunter2@mail"),
+            ("RUNNEL_MONGODB_URI", "mongodb://app:hunter2@db"),
+            ("RUNNEL_ADMIN_TOKEN", "hunter2-hunter2-hunter2"),
+            ("RUNNEL_KAFKA_SASL_PASSWORD", "hunter2"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("mailer:***@mail"), "{shown}");
+    }
+
+    #[test]
+    fn passwords_in_urls_stay_out_of_errors() {
+        let e = config(&[("RUNNEL_SMTP_URL", "http://mailer:hunter2@mail")]).unwrap_err();
+        assert!(e.to_string().contains("mailer:***@mail") && !e.to_string().contains("hunter2"), "{e}");
+        let e = config(&[("RUNNEL_MONGODB_URI", "mysql://app:hunter2@db")]).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }

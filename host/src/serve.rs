@@ -14,6 +14,7 @@ use crate::{
         admin::{self, AdminAuth, AdminState},
         capabilities::{Services, mail::Mail},
         deployments::{Deployer, Registry, TriggerSettings, VersionStore},
+        health::{self, Health},
         http::Problem,
         journal::Journal,
         kafka::{self, EventProducer},
@@ -48,21 +49,22 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mail = Mail::new(&config.smtp_url, &config.mail_from)?;
     // Dead letters; the outbox's events go through an idempotent producer.
-    let producer = EventProducer::new(&config.kafka_brokers, config.connect_timeout, false)?;
-    let relay_producer = EventProducer::new(&config.kafka_brokers, OUTBOX_DELIVERY_TIMEOUT, true)?;
+    let cluster = kafka::Cluster::new(&config.kafka_brokers, config.kafka_properties.clone());
+    let producer = EventProducer::new(&cluster, config.connect_timeout, false)?;
+    let relay_producer = EventProducer::new(&cluster, OUTBOX_DELIVERY_TIMEOUT, true)?;
     let services = Services::new(database.clone(), mail, config.capability_timeout);
     let journal = Journal::open(&database, config.capability_timeout).await.context("cannot prepare the journal")?;
     let limits = Limits::default();
     let runtime = Runtime::new(services, limits, config.compiled_dir.clone())?;
 
     // The application's topics; each function's are created when it starts.
-    let topics = kafka::Topics::connect(&config.kafka_brokers, config.topic_partitions, config.connect_timeout).await?;
+    let topics = kafka::Topics::connect(&cluster, config.topic_partitions, config.connect_timeout).await?;
     topics.ensure(&app::topics()).await?;
 
     let registry = Registry::new(TriggerSettings {
-        brokers: config.kafka_brokers.clone(),
+        cluster,
         producer: producer.clone(),
-        topics,
+        topics: topics.clone(),
         journal,
         call_deadline: limits.timeout + Duration::from_secs(1),
         timeout: config.connect_timeout,
@@ -70,6 +72,7 @@ async fn serve(
         stop_grace: limits.timeout + Duration::from_secs(10),
     });
     let deployer = Deployer::new(runtime, registry.clone(), VersionStore::new(&database), Arc::new(|var| std::env::var(var).ok()));
+    let health = Health { database: database.clone(), topics, deployer: deployer.clone() };
 
     // Bound before any trigger starts, so that a taken port fails start-up
     // with nothing running yet.
@@ -110,7 +113,7 @@ async fn serve(
             AdminAuth::LoopbackOnly
         }
     };
-    let app = router(&config, database, outbox, AdminState { deployer: deployer.clone(), auth: Arc::new(auth) });
+    let app = router(&config, database, outbox, AdminState { deployer: deployer.clone(), auth: Arc::new(auth) }, health);
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let mut http_stop = stop_rx.clone();
@@ -180,10 +183,12 @@ fn part_failed(part: &str, error: Option<tokio::task::JoinError>) -> anyhow::Err
 }
 
 /// The application's routes, the admin API, and the OpenAPI document of both.
-fn router(config: &Config, database: mongodb::Database, outbox: Outbox, admin: AdminState) -> Router {
+fn router(config: &Config, database: mongodb::Database, outbox: Outbox, admin: AdminState, health: Health) -> Router {
     let (app_router, mut doc) = app::api::router(app::api::AppState { database, outbox }, config.max_body_bytes);
     let (admin_router, admin_doc) = admin::router(admin, config.max_component_bytes);
     doc.merge(admin_doc);
+    let (health_router, health_doc) = health::router(health);
+    doc.merge(health_doc);
     // `/openapi.json` describes itself too.
     let mut own = crate::platform::http::openapi::Api::<()>::default();
     own = own.describe(
@@ -198,6 +203,7 @@ fn router(config: &Config, database: mongodb::Database, outbox: Outbox, admin: A
     let doc = Arc::new(doc);
     app_router
         .merge(admin_router)
+        .merge(health_router)
         .route("/openapi.json", get(move || {
             let doc = doc.clone();
             async move { Json(doc.as_ref().clone()) }

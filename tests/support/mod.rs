@@ -80,6 +80,21 @@ pub fn host_command(servers: &Servers, database: &str, port: u16, env: &[(&str, 
     cmd
 }
 
+/// Starts a host that must fail (on a database of its own); returns what
+/// it printed.
+pub async fn start_failing(servers: &Servers, env: &[(&str, &str)]) -> String {
+    let database = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut cmd = host_command(servers, &database, free_port(), env);
+    let output = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the host gave up within 60 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!output.status.success(), "the host started: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 impl Host {
     /// Starts a host and waits until its API answers (and, when functions
     /// are deployed, until every trigger is running).

@@ -98,7 +98,7 @@ pub async fn store_alert_flow(servers: &Servers, host: &Host) -> Duration {
 
     // A record the function cannot read goes to the dead-letter topic; the
     // function keeps going.
-    let producer = runnel::platform::kafka::EventProducer::new(&servers.kafka_brokers, Duration::from_secs(10), false).unwrap();
+    let producer = runnel::platform::kafka::EventProducer::new(&runnel::platform::kafka::Cluster::new(&servers.kafka_brokers, Vec::new()), Duration::from_secs(10), false).unwrap();
     producer
         .publish(runnel::platform::kafka::Event {
             topic: "store-alerts-topic",

@@ -111,47 +111,81 @@ impl BenchHost {
         assert!(r.status().is_success(), "undeploy {name}: {}", r.status());
     }
 
-    /// `name`'s counters here (handled, assignments), once it runs.
-    pub async fn counters(&self, name: &str) -> Option<(u64, u64)> {
+    /// `name`'s counters here, once it runs.
+    pub async fn counters(&self, name: &str) -> Option<Counters> {
         let r = self.client.get(self.url(&format!("/admin/functions/{name}"))).send().await.ok()?;
         let v: Value = r.json().await.ok()?;
         let counters = &v["running"]["counters"];
-        (v["state"] == "running").then(|| (counters["handled"].as_u64().unwrap_or(0), counters["assignments"].as_u64().unwrap_or(0)))
+        let get = |name: &str| counters[name].as_u64().unwrap_or(0);
+        (v["state"] == "running").then(|| Counters {
+            handled: get("handled"),
+            assignments: get("assignments"),
+            revocations: get("revocations"),
+        })
     }
 
     /// Records `name` handled here, once it runs.
     pub async fn handled(&self, name: &str) -> Option<u64> {
-        self.counters(name).await.map(|(handled, _)| handled)
+        self.counters(name).await.map(|c| c.handled)
     }
+}
+
+/// A function's counters, as a bench reads them.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Counters {
+    pub handled: u64,
+    pub assignments: u64,
+    pub revocations: u64,
+}
+
+impl std::ops::Add for Counters {
+    type Output = Counters;
+    fn add(self, o: Counters) -> Counters {
+        Counters {
+            handled: self.handled + o.handled,
+            assignments: self.assignments + o.assignments,
+            revocations: self.revocations + o.revocations,
+        }
+    }
+}
+
+/// A measured rate, and the partitions the consumers lost meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    pub rate: f64,
+    /// Revocations from the first assignment to the last record: a group
+    /// member losing its partitions mid-run (a missed heartbeat, a
+    /// rebalance) shows here.
+    pub revocations: u64,
 }
 
 /// Records per second `hosts` handled of `n` more records for `name`, from
 /// its consumer's next partition assignment (the group's join is left out,
-/// fetching is not) to the last record; `from` is (handled, assignments)
-/// before.
-pub async fn rate_until_handled(hosts: &[&BenchHost], name: &str, from: (u64, u64), n: u64) -> f64 {
+/// fetching is not) to the last record; `from` is the counters before.
+pub async fn rate_until_handled(hosts: &[&BenchHost], name: &str, from: Counters, n: u64) -> Measured {
     let total = || async {
-        let mut sum = (0, 0);
+        let mut sum = Counters::default();
         for host in hosts {
-            let (handled, assignments) = host.counters(name).await.unwrap_or_default();
-            sum = (sum.0 + handled, sum.1 + assignments);
+            sum = sum + host.counters(name).await.unwrap_or_default();
         }
         sum
     };
     let deadline = Instant::now() + Duration::from_secs(900);
-    let assigned = loop {
-        if total().await.1 > from.1 {
-            break Instant::now();
+    let (assigned, at_assignment) = loop {
+        let now = total().await;
+        if now.assignments > from.assignments {
+            break (Instant::now(), now);
         }
         assert!(Instant::now() < deadline, "{name}: never assigned");
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     loop {
-        let (handled, _) = total().await;
-        if handled >= from.0 + n {
-            return n as f64 / assigned.elapsed().as_secs_f64();
+        let now = total().await;
+        if now.handled >= from.handled + n {
+            let rate = n as f64 / assigned.elapsed().as_secs_f64();
+            return Measured { rate, revocations: now.revocations - at_assignment.revocations };
         }
-        assert!(Instant::now() < deadline, "{name}: {handled} of {n} records handled");
+        assert!(Instant::now() < deadline, "{name}: {} of {n} records handled", now.handled - from.handled);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

@@ -44,7 +44,7 @@ pub(crate) async fn services() -> anyhow::Result<Services> {
     let config = crate::config::Config::from_env()?;
     let client = mongodb::Client::with_uri_str(&config.mongodb_uri)
         .await
-        .with_context(|| format!("RUNNEL_MONGODB_URI: cannot use '{}'", config.mongodb_uri))?;
+        .with_context(|| format!("RUNNEL_MONGODB_URI: cannot use '{}'", crate::platform::redact::url(&config.mongodb_uri)))?;
     Ok(Services::new(
         client.database(&config.mongodb_database),
         Mail::new(&config.smtp_url, &config.mail_from)?,

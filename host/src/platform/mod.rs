@@ -11,16 +11,20 @@
 //! | [`outbox`] | events stored with the change they announce, and the relay that publishes them |
 //! | [`deployments`] | manifests, versions in the database, the registry of supervised triggers |
 //! | [`admin`] | the `/admin` HTTP API |
+//! | [`health`] | `/health/live` and `/health/ready` |
 //! | [`http`] | problem+json, request parsing, routes with their OpenAPI description |
 //! | [`storage`] | the database connection |
+//! | [`redact`] | secrets hidden from logs, errors and API output |
 
 pub mod admin;
 pub mod capabilities;
 pub mod deployments;
+pub mod health;
 pub mod http;
 pub mod journal;
 pub mod kafka;
 pub mod outbox;
+pub mod redact;
 pub mod runtime;
 pub mod sandbox;
 pub mod storage;

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
+
+use crate::platform::redact;
 use mongodb::{
     Client, Database,
     bson::doc,
@@ -15,15 +17,15 @@ use mongodb::{
 /// Errors name the setting at fault.
 pub async fn connect(uri: &str, database: &str, timeout: Duration) -> anyhow::Result<Database> {
     let mut options =
-        ClientOptions::parse(uri).await.with_context(|| format!("RUNNEL_MONGODB_URI: cannot parse '{uri}'"))?;
+        ClientOptions::parse(uri).await.with_context(|| format!("RUNNEL_MONGODB_URI: cannot parse '{}'", redact::url(uri)))?;
     options.app_name.get_or_insert_with(|| "runnel".into());
     options.server_selection_timeout.get_or_insert(timeout);
     options.connect_timeout.get_or_insert(timeout);
-    let client = Client::with_options(options).with_context(|| format!("RUNNEL_MONGODB_URI: cannot use '{uri}'"))?;
+    let client = Client::with_options(options).with_context(|| format!("RUNNEL_MONGODB_URI: cannot use '{}'", redact::url(uri)))?;
     let db = client.database(database);
     db.run_command(doc! { "ping": 1 })
         .await
-        .with_context(|| format!("RUNNEL_MONGODB_URI: no MongoDB server answers at '{uri}'"))?;
+        .with_context(|| format!("RUNNEL_MONGODB_URI: no MongoDB server answers at '{}'", redact::url(uri)))?;
     Ok(db)
 }
 

@@ -72,7 +72,7 @@ impl Mail {
     /// `smtp://…?tls=required` for STARTTLS. Errors name the setting at fault.
     pub fn new(url: &str, from: &str) -> anyhow::Result<Self> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-            .with_context(|| format!("RUNNEL_SMTP_URL: cannot use '{url}'"))?
+            .with_context(|| format!("RUNNEL_SMTP_URL: cannot use '{}'", crate::platform::redact::url(url)))?
             .timeout(Some(Duration::from_secs(10)))
             .build();
         let from = from.parse().with_context(|| format!("RUNNEL_MAIL_FROM: '{from}' is not an e-mail address"))?;

@@ -322,6 +322,23 @@ impl Deployer {
         self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(name).filter(|a| !a.retry).map(|a| a.revision)
     }
 
+    /// How many functions are deployed, and those whose active version this
+    /// host has not loaded (not in step yet, or it cannot load it). Reads
+    /// the database.
+    pub async fn not_loaded(&self) -> mongodb::error::Result<(usize, Vec<String>)> {
+        let mut deployed = 0;
+        let mut not_loaded = Vec::new();
+        for function in self.inner.store.functions().await? {
+            let Some(active) = function.active else { continue };
+            deployed += 1;
+            let here = self.inner.registry.status(&function.name).map(|s| s.version);
+            if here.as_deref() != Some(active.as_str()) {
+                not_loaded.push(function.name);
+            }
+        }
+        Ok((deployed, not_loaded))
+    }
+
     /// The error that keeps this host from running `name`'s active version.
     pub fn local_error(&self, name: &str) -> Option<String> {
         self.inner.applied.lock().unwrap_or_else(|e| e.into_inner()).get(name).and_then(|a| a.error.clone())

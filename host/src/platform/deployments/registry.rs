@@ -27,7 +27,7 @@ use super::{CounterSnapshot, Deployment, FunctionState, Manifest, Status};
 use crate::platform::{
     journal::Journal,
     kafka::{
-        EventProducer, Topics, dead_letter_topic,
+        Cluster, EventProducer, Topics, dead_letter_topic,
         replay::{self, ReplayFrom, ReplayReport},
         trigger::Trigger,
     },
@@ -36,7 +36,7 @@ use crate::platform::{
 /// What triggers need from the host.
 #[derive(Clone)]
 pub struct TriggerSettings {
-    pub brokers: String,
+    pub cluster: Cluster,
     pub producer: EventProducer,
     /// Creates each function's topic and dead-letter topic.
     pub topics: Topics,
@@ -187,9 +187,9 @@ impl Registry {
         let (deployment_tx, deployment_rx) = watch::channel(deployment.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let make_trigger = {
-            let (group, brokers, producer, journal) = (
+            let (group, cluster, producer, journal) = (
                 deployment.manifest.group().to_string(),
-                settings.brokers.clone(),
+                settings.cluster.clone(),
                 settings.producer.clone(),
                 settings.journal.clone(),
             );
@@ -197,7 +197,7 @@ impl Registry {
             move || Trigger {
                 topic: topic.clone(),
                 group: group.clone(),
-                brokers: brokers.clone(),
+                cluster: cluster.clone(),
                 producer: producer.clone(),
                 journal: journal.clone(),
                 status: status.clone(),
@@ -291,14 +291,14 @@ impl Registry {
     pub async fn replay(&self, name: &str, from: ReplayFrom) -> Option<anyhow::Result<ReplayReport>> {
         let deployment = self.slots().get(name).filter(|s| !s.supervisor.is_finished()).map(|s| s.current.clone())?;
         let settings = &self.inner.settings;
-        Some(replay::replay(&deployment, &settings.brokers, &settings.journal, from, settings.timeout).await)
+        Some(replay::replay(&deployment, &settings.cluster, &settings.journal, from, settings.timeout).await)
     }
 
     /// Moves the group offsets of a function that runs nowhere (see
     /// [`replay::move_offsets`]).
     pub async fn move_offsets(&self, manifest: &Manifest, from: ReplayFrom) -> anyhow::Result<ReplayReport> {
         let settings = &self.inner.settings;
-        replay::move_offsets(manifest, &settings.brokers, from, settings.timeout).await
+        replay::move_offsets(manifest, &settings.cluster, from, settings.timeout).await
     }
 
     pub fn status(&self, name: &str) -> Option<FunctionStatus> {

@@ -18,25 +18,29 @@ use rdkafka::{
 #[derive(Clone)]
 pub struct Topics {
     admin: Arc<AdminClient<DefaultClientContext>>,
-    brokers: Arc<str>,
+    cluster: super::Cluster,
     partitions: i32,
     timeout: Duration,
     known: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Topics {
-    /// Connects to `brokers`; topics it creates get `partitions` partitions
-    /// (and the broker's replication default). Fails, naming
-    /// `RUNNEL_KAFKA_BROKERS`, when no broker answers within `timeout`.
-    pub async fn connect(brokers: &str, partitions: i32, timeout: Duration) -> anyhow::Result<Self> {
-        let admin: AdminClient<DefaultClientContext> = super::client_config(brokers)
-            .create()
-            .with_context(|| format!("RUNNEL_KAFKA_BROKERS: cannot use '{brokers}'"))?;
-        // Metadata is the cheapest way to learn whether a broker answers at all.
-        let admin = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout).map(|_| admin))
-            .await?
-            .with_context(|| format!("RUNNEL_KAFKA_BROKERS: no Kafka broker answers at '{brokers}'"))?;
-        Ok(Topics { admin: Arc::new(admin), brokers: brokers.into(), partitions, timeout, known: Arc::default() })
+    /// Connects to `cluster`; topics it creates get `partitions` partitions
+    /// (and the broker's replication default). Fails, naming the settings
+    /// in effect, when no broker answers within `timeout`.
+    pub async fn connect(cluster: &super::Cluster, partitions: i32, timeout: Duration) -> anyhow::Result<Self> {
+        let admin: AdminClient<DefaultClientContext> = cluster.create(cluster.config())?;
+        let topics = Topics { admin: Arc::new(admin), cluster: cluster.clone(), partitions, timeout, known: Arc::default() };
+        topics.ping(timeout).await.with_context(|| format!("no Kafka broker answers with {}", cluster.settings()))?;
+        Ok(topics)
+    }
+
+    /// Asks the brokers for the cluster's metadata: the cheapest way to
+    /// learn whether one answers at all (and accepts these settings).
+    pub async fn ping(&self, timeout: Duration) -> anyhow::Result<()> {
+        let admin = self.admin.clone();
+        tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout).map(drop)).await??;
+        Ok(())
     }
 
     /// Makes sure every topic in `topics` exists, in one request for all
@@ -60,7 +64,7 @@ impl Topics {
             .admin
             .create_topics(&new_topics, &options)
             .await
-            .with_context(|| format!("RUNNEL_KAFKA_BROKERS: cannot create topics at '{}'", self.brokers))?;
+            .with_context(|| format!("cannot create topics with {}", self.cluster.settings()))?;
         for result in results {
             let topic = match result {
                 Ok(topic) => {

@@ -5,7 +5,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use rdkafka::{
     ClientConfig,
     error::KafkaError,
@@ -60,15 +59,15 @@ pub struct EventProducer {
 impl EventProducer {
     /// `idempotent`: the broker keeps each record once and in order, however
     /// often librdkafka retries sending it.
-    pub fn new(brokers: &str, delivery_timeout: Duration, idempotent: bool) -> anyhow::Result<Self> {
-        let mut config = super::client_config(brokers);
+    pub fn new(cluster: &super::Cluster, delivery_timeout: Duration, idempotent: bool) -> anyhow::Result<Self> {
+        let mut config = cluster.config();
         config
             .set("acks", "all")
             .set("enable.idempotence", idempotent.to_string())
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .set("linger.ms", "2");
-        let producer: FutureProducer =
-            config.create().with_context(|| format!("RUNNEL_KAFKA_BROKERS: cannot create a producer for '{brokers}'"))?;
+        let config = cluster.finish(config);
+        let producer: FutureProducer = config.create().map_err(|e| cluster.refused(e))?;
         Ok(EventProducer { current: Arc::new(RwLock::new(producer)), config: Arc::new(config) })
     }
 

@@ -34,7 +34,7 @@ use rdkafka::{
 };
 use serde::Serialize;
 
-use super::dead_letter_topic;
+use super::{Cluster, dead_letter_topic};
 use crate::platform::{
     deployments::{Deployment, Manifest},
     journal::{Journal, KEPT_DEAD_LETTERED, RecordKey},
@@ -77,13 +77,11 @@ pub struct ReplayReport {
 /// Moves the committed offsets of `manifest`'s group to `from` (an offset
 /// or a time) in every partition of its topic; for a function that runs
 /// nowhere (committing for a group with members would be overwritten by them).
-pub async fn move_offsets(manifest: &Manifest, brokers: &str, from: ReplayFrom, timeout: Duration) -> anyhow::Result<ReplayReport> {
+pub async fn move_offsets(manifest: &Manifest, cluster: &Cluster, from: ReplayFrom, timeout: Duration) -> anyhow::Result<ReplayReport> {
     let topic = manifest.trigger.kafka.topic.clone();
-    let consumer: StreamConsumer = super::client_config(brokers)
-        .set("group.id", manifest.group())
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("cannot create a consumer")?;
+    let mut config = cluster.config();
+    config.set("group.id", manifest.group()).set("enable.auto.commit", "false");
+    let consumer: StreamConsumer = cluster.create(config)?;
     let mut report = ReplayReport { topic: topic.clone(), ..ReplayReport::default() };
     let partitions = partitions_of(&consumer, &topic, timeout)?;
     let by_time = match from {
@@ -134,7 +132,7 @@ fn offsets_at(consumer: &StreamConsumer, topic: &str, partitions: &[i32], time_m
 /// Replays `from` through `deployment` (the function's running version).
 pub async fn replay(
     deployment: &Deployment,
-    brokers: &str,
+    cluster: &Cluster,
     journal: &Journal,
     from: ReplayFrom,
     timeout: Duration,
@@ -146,13 +144,13 @@ pub async fn replay(
         if dead_letters { dead_letter_topic(&manifest.trigger.kafka.topic) } else { manifest.trigger.kafka.topic.clone() };
     // Never subscribes, so it joins no group; the group's id only lets it
     // read the group's committed offsets.
-    let consumer: StreamConsumer = super::client_config(brokers)
+    let mut config = cluster.config();
+    config
         .set("group.id", manifest.group())
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .context("cannot create a consumer")?;
+        .set("enable.partition.eof", "false");
+    let consumer: StreamConsumer = cluster.create(config)?;
 
     let partitions = partitions_of(&consumer, &topic, timeout)?;
     let mut committed = HashMap::new();

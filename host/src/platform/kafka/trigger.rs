@@ -69,7 +69,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::{Event, EventProducer, dead_letter_topic};
+use super::{Cluster, Event, EventProducer, dead_letter_topic};
 use crate::platform::{
     deployments::{Deployment, FunctionState, Status},
     journal::{Journal, KEPT_DEAD_LETTERED, MARK_STEP, RecordKey},
@@ -97,7 +97,7 @@ const REVOCATION_CHECK: Duration = Duration::from_millis(100);
 pub struct Trigger {
     pub topic: String,
     pub group: String,
-    pub brokers: String,
+    pub cluster: Cluster,
     pub producer: EventProducer,
     pub journal: Journal,
     pub status: Arc<Status>,
@@ -445,7 +445,8 @@ impl Trigger {
     }
 
     fn consumer(&self, workers: Workers, commit_failed: Arc<AtomicBool>) -> anyhow::Result<TriggerConsumer> {
-        let consumer: TriggerConsumer = super::client_config(&self.brokers)
+        let mut config = self.cluster.config();
+        config
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -459,13 +460,11 @@ impl Trigger {
             // on how late a new record is seen.
             .set("fetch.wait.max.ms", "100")
             // Bounds what is fetched ahead of a paused partition.
-            .set("queued.max.messages.kbytes", "8192")
-            .create_with_context(TriggerContext {
-                status: self.status.clone(),
-                workers,
-                call_deadline: self.call_deadline,
-                commit_failed,
-            })?;
+            .set("queued.max.messages.kbytes", "8192");
+        let consumer: TriggerConsumer = self.cluster.create_with(
+            config,
+            TriggerContext { status: self.status.clone(), workers, call_deadline: self.call_deadline, commit_failed },
+        )?;
         consumer.subscribe(&[&self.topic])?;
         Ok(consumer)
     }
