@@ -186,3 +186,160 @@ async fn json_logs_are_one_object_per_line() {
     let stderr = start_failing(&servers, &[("RUNNEL_LOG_FORMAT", "yaml")]).await;
     assert!(stderr.contains("RUNNEL_LOG_FORMAT") && stderr.contains("yaml"), "{stderr}");
 }
+
+/// One sample of the exposition text.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: std::collections::BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses the OpenMetrics text format: comment lines (`# TYPE`, `# HELP`,
+/// `# EOF`) and `name{label="value",…} value` lines, label values unescaped.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    assert!(text.trim_end().ends_with("# EOF"), "no # EOF line:\n{text}");
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(i) => line.split_at(i),
+            None => panic!("not a sample: {line}"),
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        let value = if let Some(mut rest) = rest.strip_prefix('{') {
+            loop {
+                if let Some(after) = rest.strip_prefix('}') {
+                    break after;
+                }
+                rest = rest.strip_prefix(',').unwrap_or(rest);
+                let (key, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("bad label in: {line}"));
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, 'n')) => value.push('\n'),
+                            Some((_, c)) => value.push(c),
+                            None => panic!("bad escape in: {line}"),
+                        },
+                        Some((i, '"')) => break i,
+                        Some((_, c)) => value.push(c),
+                        None => panic!("unterminated label in: {line}"),
+                    }
+                };
+                labels.insert(key.to_string(), value);
+                rest = &after[end + 1..];
+            }
+        } else {
+            rest
+        };
+        let value = value.trim().split(' ').next().unwrap();
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|e| panic!("bad value {v:?} ({e}) in: {line}")),
+        };
+        samples.push(Sample { name: name.to_string(), labels, value });
+    }
+    samples
+}
+
+/// The value of the sample `name` whose labels include `labels`; none
+/// when there is no such sample.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .collect();
+    (!matching.is_empty()).then(|| matching.iter().map(|s| s.value).sum())
+}
+
+/// `/metrics` parses, and its series move with traffic: records handled,
+/// a bad one dead-lettered (failed by kind), the handling histogram, the
+/// consumer lag per partition, the journal and outbox backlogs, requests
+/// by route template and status with their latency, and the WebAssembly
+/// instances and memory of a function that keeps instances warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_present_and_move_with_traffic() {
+    let own = OwnServers::start().await;
+    let servers = &own.servers;
+    let functions = servers.functions_dir.display().to_string();
+    let host = Host::start(servers, &[("RUNNEL_FUNCTIONS_DIR", &functions), ("ALERT_DISTRIBUTION_LIST", "ops@example.com")]).await;
+    let scrape = || async {
+        let r = host.client.get(host.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+        parse_metrics(&r.text().await.unwrap())
+    };
+    let before = scrape().await;
+    let version = host.get_json("/admin/functions/store-alert-to-email").await["activeVersion"].as_str().unwrap().to_string();
+    let alert = [("function", "store-alert-to-email"), ("version", version.as_str())];
+    assert_eq!(value(&before, "runnel_records_handled_total", &alert), None);
+    for name in ["runnel_journal_backlog", "runnel_wasm_instances", "runnel_wasm_memory_bytes"] {
+        assert!(value(&before, name, &[]).is_some(), "{name} missing");
+    }
+
+    // Traffic: two alerts, a bad record, a request no route has.
+    for name in ["Metrics A", "Metrics B"] {
+        let store = support::store_alert_flow::create_store(&host, name).await;
+        let mut update = store.clone();
+        update["status"] = json!("CLOSED");
+        let r = host.client.put(host.url(&format!("/api/stores/{}", store["id"].as_str().unwrap()))).json(&update).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    support::produce(&servers.kafka_brokers, "store-alerts-topic", None, "bad", b"not json", &[]).await;
+    assert_eq!(host.client.get(host.url("/no/such/route")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    // A function that keeps its instances warm.
+    let topic = format!("metrics-probe-{}", uuid::Uuid::new_v4().simple());
+    let manifest = format!("name = 'metrics-probe'\n[trigger.kafka]\ntopic = '{topic}'\ngroup = '{topic}'\n[reuse]\nmax-messages = 1000\nmax-seconds = 600\n");
+    let (status, body) = host.deploy("metrics-probe", &manifest, &support::fixture("probe")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for i in 0..5 {
+        support::produce(&servers.kafka_brokers, &topic, None, &format!("k{i}"), b"ok", &[]).await;
+    }
+
+    let after = eventually(Duration::from_secs(60), "the metrics to show the traffic", || async {
+        let m = scrape().await;
+        let handled = value(&m, "runnel_records_handled_total", &alert).unwrap_or(0.0);
+        let dead = value(&m, "runnel_records_dead_lettered_total", &alert).unwrap_or(0.0);
+        let probe = value(&m, "runnel_records_handled_total", &[("function", "metrics-probe")]).unwrap_or(0.0);
+        let lag = value(&m, "runnel_consumer_lag", &[("function", "store-alert-to-email"), ("topic", "store-alerts-topic")]);
+        (handled >= 2.0 && dead >= 1.0 && probe >= 5.0 && lag.is_some()).then_some(m)
+    })
+    .await;
+    let failed = value(&after, "runnel_records_failed_total", &[("function", "store-alert-to-email"), ("kind", "bad-input")]);
+    assert!(failed.is_some_and(|n| n >= 1.0), "failed by kind: {failed:?}");
+    let tries = value(&after, "runnel_handling_seconds_count", &alert).unwrap();
+    assert!(tries >= 3.0, "handling histogram count {tries}");
+    let in_buckets = value(&after, "runnel_handling_seconds_bucket", &[("function", "store-alert-to-email"), ("le", "+Inf")]).unwrap();
+    assert_eq!(in_buckets, tries);
+    assert!(value(&after, "runnel_handling_seconds_sum", &alert).unwrap() > 0.0);
+    // Lag: one series per partition of the topic (3), none behind once handled.
+    let lag: Vec<&Sample> = after.iter().filter(|s| s.name == "runnel_consumer_lag" && s.labels["function"] == "store-alert-to-email").collect();
+    assert!(!lag.is_empty() && lag.iter().all(|s| s.labels["partition"].parse::<i32>().is_ok()), "{lag:?}");
+    eventually(Duration::from_secs(30), "the lag to be 0", || async {
+        let m = scrape().await;
+        (value(&m, "runnel_consumer_lag", &[("function", "store-alert-to-email")]) == Some(0.0)).then_some(())
+    })
+    .await;
+    assert!(value(&after, "runnel_outbox_backlog", &[("collection", "stores")]).is_some(), "no outbox backlog of stores");
+    assert!(value(&after, "runnel_journal_backlog", &[]).unwrap() >= 0.0);
+    // HTTP by route template.
+    let puts = value(&after, "runnel_http_requests_total", &[("method", "PUT"), ("route", "/api/stores/{id}"), ("status", "200")]);
+    assert_eq!(puts, Some(2.0));
+    let unmatched = value(&after, "runnel_http_requests_total", &[("route", "unmatched"), ("status", "404")]);
+    assert_eq!(unmatched, Some(1.0));
+    let put_seconds = value(&after, "runnel_http_request_duration_seconds_count", &[("method", "PUT"), ("route", "/api/stores/{id}")]);
+    assert_eq!(put_seconds, Some(2.0));
+    // The warm probe instance is alive, with its memory.
+    assert!(value(&after, "runnel_wasm_instances", &[]).unwrap() >= 1.0);
+    assert!(value(&after, "runnel_wasm_memory_bytes", &[]).unwrap() >= 65536.0);
+    // Undeployed: its warm instances are gone.
+    let r = host.client.delete(host.url("/admin/functions/metrics-probe")).send().await.unwrap();
+    assert!(r.status().is_success());
+    eventually(Duration::from_secs(30), "the warm instances to go", || async {
+        let m = scrape().await;
+        (value(&m, "runnel_wasm_instances", &[]) == Some(0.0) && value(&m, "runnel_wasm_memory_bytes", &[]) == Some(0.0)).then_some(())
+    })
+    .await;
+}

@@ -15,6 +15,7 @@ use crate::{
         capabilities::{Services, mail::Mail},
         deployments::{Deployer, Registry, TriggerSettings, VersionStore},
         health::{self, Health},
+        metrics::{self, Metrics},
         http::Problem,
         journal::Journal,
         kafka::{self, EventProducer},
@@ -54,6 +55,7 @@ async fn serve(
     let relay_producer = EventProducer::new(&cluster, OUTBOX_DELIVERY_TIMEOUT, true)?;
     let services = Services::new(database.clone(), mail, config.capability_timeout);
     let journal = Journal::open(&database, config.capability_timeout).await.context("cannot prepare the journal")?;
+    let metrics = Metrics::new();
     let limits = Limits::default();
     let runtime = Runtime::new(services, limits, config.compiled_dir.clone())?;
 
@@ -65,13 +67,14 @@ async fn serve(
         cluster,
         producer: producer.clone(),
         topics: topics.clone(),
-        journal,
+        journal: journal.clone(),
+        metrics: metrics.clone(),
         call_deadline: limits.timeout + Duration::from_secs(1),
         timeout: config.connect_timeout,
         // Long enough for a call in progress to end within its own deadline.
         stop_grace: limits.timeout + Duration::from_secs(10),
     });
-    let deployer = Deployer::new(runtime, registry.clone(), VersionStore::new(&database), Arc::new(|var| std::env::var(var).ok()));
+    let deployer = Deployer::new(runtime.clone(), registry.clone(), VersionStore::new(&database), Arc::new(|var| std::env::var(var).ok()));
     let health = Health { database: database.clone(), topics, deployer: deployer.clone() };
 
     // Bound before any trigger starts, so that a taken port fails start-up
@@ -105,6 +108,7 @@ async fn serve(
     };
     let mut sync = tokio::spawn(deployer.clone().sync_until(config.sync_interval, stop_rx.clone()));
     let (outbox, mut relay) = Outbox::start(&database, relay_producer, &app::outbox_collections(), stop_rx.clone());
+    metrics.set_sources(Arc::new(Sources { registry: registry.clone(), journal, outbox: outbox.clone(), runtime }));
 
     let auth = match &config.admin_token {
         Some(token) => AdminAuth::Token(Arc::from(token.as_str())),
@@ -113,7 +117,7 @@ async fn serve(
             AdminAuth::LoopbackOnly
         }
     };
-    let app = router(&config, database, outbox, AdminState { deployer: deployer.clone(), auth: Arc::new(auth) }, health);
+    let app = router(&config, database, outbox, AdminState { deployer: deployer.clone(), auth: Arc::new(auth) }, health, metrics);
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let mut http_stop = stop_rx.clone();
@@ -183,7 +187,14 @@ fn part_failed(part: &str, error: Option<tokio::task::JoinError>) -> anyhow::Err
 }
 
 /// The application's routes, the admin API, and the OpenAPI document of both.
-fn router(config: &Config, database: mongodb::Database, outbox: Outbox, admin: AdminState, health: Health) -> Router {
+fn router(
+    config: &Config,
+    database: mongodb::Database,
+    outbox: Outbox,
+    admin: AdminState,
+    health: Health,
+    metrics: Metrics,
+) -> Router {
     let (app_router, mut doc) = app::api::router(app::api::AppState { database, outbox }, config.max_body_bytes);
     let (admin_router, admin_doc) = admin::router(admin, config.max_component_bytes);
     doc.merge(admin_doc);
@@ -199,8 +210,14 @@ fn router(config: &Config, database: mongodb::Database, outbox: Outbox, admin: A
             utoipa::openapi::ObjectBuilder::new().build(),
         )],
     );
+    own = own.describe(
+        "/metrics",
+        vec![crate::platform::http::openapi::Op::new(utoipa::openapi::HttpMethod::Get, "metrics", "Prometheus metrics (OpenMetrics text)", "meta")
+            .response(200, utoipa::openapi::ResponseBuilder::new().description("The metrics").build())],
+    );
     doc.merge(own.finish().1);
     let doc = Arc::new(doc);
+    let counted = metrics.clone();
     app_router
         .merge(admin_router)
         .merge(health_router)
@@ -208,8 +225,44 @@ fn router(config: &Config, database: mongodb::Database, outbox: Outbox, admin: A
             let doc = doc.clone();
             async move { Json(doc.as_ref().clone()) }
         }))
-        .fallback(not_found)
+        .route("/metrics", get(metrics::serve).with_state(metrics.clone()))
+        // Every route above is counted by its template.
+        .route_layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .fallback(move |request: Request| {
+            let (metrics, started, method) = (counted.clone(), std::time::Instant::now(), request.method().to_string());
+            async move {
+                let problem = not_found(request).await;
+                metrics::untracked(&metrics, &method, axum::http::StatusCode::NOT_FOUND, started);
+                problem
+            }
+        })
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Where the metrics' gauges are read from, at each scrape.
+struct Sources {
+    registry: Registry,
+    journal: Journal,
+    outbox: Outbox,
+    runtime: Runtime,
+}
+
+impl metrics::Sources for Sources {
+    fn lag(&self) -> Vec<(String, String, i32, i64)> {
+        self.registry.lag()
+    }
+
+    fn journal_backlog(&self) -> i64 {
+        self.journal.backlog()
+    }
+
+    fn outbox_backlog(&self) -> Vec<(String, i64)> {
+        self.outbox.backlog().into_iter().map(|(c, n)| (c, n as i64)).collect()
+    }
+
+    fn wasm(&self) -> (i64, i64) {
+        self.runtime.usage()
+    }
 }
 
 async fn not_found(request: Request) -> Problem {

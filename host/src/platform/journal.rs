@@ -71,6 +71,8 @@ pub const KEPT_DEAD_LETTERED: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 pub struct Journal {
     entries: Collection<Document>,
     handled: mpsc::UnboundedSender<String>,
+    /// Handled records whose documents wait to be marked.
+    backlog: Arc<std::sync::atomic::AtomicI64>,
     /// Bound on every journal read or write.
     timeout: Duration,
 }
@@ -93,8 +95,15 @@ impl Journal {
             .build();
         entries.create_index(expiry).await?;
         let (handled, rx) = mpsc::unbounded_channel();
-        tokio::spawn(expire_handled(entries.clone(), rx));
-        Ok(Journal { entries, handled, timeout })
+        let backlog = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        tokio::spawn(expire_handled(entries.clone(), rx, backlog.clone()));
+        Ok(Journal { entries, handled, backlog, timeout })
+    }
+
+    /// Handled records whose journal documents wait to be marked to expire
+    /// sooner (they are written in batches; a slow database makes it grow).
+    pub fn backlog(&self) -> i64 {
+        self.backlog.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The journal of handling `record` (its key, see [`RecordKey`]) by
@@ -267,7 +276,11 @@ async fn bounded<T>(
 /// Marks the documents of handled records to expire [`KEPT_HANDLED`] from
 /// now, in batches; one that is not marked (the host stopped first) expires
 /// with the longer retention.
-async fn expire_handled(entries: Collection<Document>, mut rx: mpsc::UnboundedReceiver<String>) {
+async fn expire_handled(
+    entries: Collection<Document>,
+    mut rx: mpsc::UnboundedReceiver<String>,
+    backlog: Arc<std::sync::atomic::AtomicI64>,
+) {
     let mut batch: Vec<String> = Vec::new();
     loop {
         let next = if batch.is_empty() {
@@ -286,9 +299,11 @@ async fn expire_handled(entries: Collection<Document>, mut rx: mpsc::UnboundedRe
         }
         let expire_at = DateTime::from_system_time(std::time::SystemTime::now() + KEPT_HANDLED);
         let ids: Vec<String> = std::mem::take(&mut batch);
+        let marked = ids.len() as i64;
         if let Err(e) = entries.update_many(doc! { "_id": { "$in": ids } }, doc! { "$set": { "expireAt": expire_at } }).await {
             tracing::warn!("journal documents of handled records not marked (they expire later): {e}");
         }
+        backlog.fetch_sub(marked, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -437,7 +452,11 @@ impl Calls {
         if inner.written.is_empty() && inner.loaded.as_ref().is_none_or(Vec::is_empty) {
             return;
         }
-        let _ = journal.handled.send(Journal::id(&self.function, &record.id));
+        // Counted before it is sent, so that the marking task never counts it off first.
+        journal.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if journal.handled.send(Journal::id(&self.function, &record.id)).is_err() {
+            journal.backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Runs the call `call` with `args`, or answers it from the journal.

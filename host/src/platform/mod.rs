@@ -12,6 +12,7 @@
 //! | [`deployments`] | manifests, versions in the database, the registry of supervised triggers |
 //! | [`admin`] | the `/admin` HTTP API |
 //! | [`health`] | `/health/live` and `/health/ready` |
+//! | [`metrics`] | `/metrics`: Prometheus counters, histograms and gauges |
 //! | [`http`] | problem+json, request parsing, routes with their OpenAPI description |
 //! | [`storage`] | the database connection |
 //! | [`redact`] | secrets hidden from logs, errors and API output |
@@ -23,6 +24,7 @@ pub mod health;
 pub mod http;
 pub mod journal;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
 pub mod redact;
 pub mod runtime;

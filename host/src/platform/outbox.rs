@@ -56,7 +56,11 @@ const CONCURRENT_DOCUMENTS: usize = 32;
 #[derive(Clone)]
 pub struct Outbox {
     wake: mpsc::UnboundedSender<(Arc<str>, String)>,
+    /// Documents with pending events, by collection, at the relay's last scan.
+    pending: Backlog,
 }
+
+type Backlog = Arc<std::sync::Mutex<std::collections::BTreeMap<Arc<str>, usize>>>;
 
 /// One event as a document stores it until it is published.
 pub struct Pending {
@@ -114,14 +118,23 @@ impl Outbox {
     /// until `stop` turns true.
     pub fn start(database: &Database, producer: EventProducer, collections: &[&str], stop: watch::Receiver<bool>) -> (Self, tokio::task::JoinHandle<()>) {
         let (wake, rx) = mpsc::unbounded_channel();
+        let pending = Backlog::default();
         let relay = Relay {
             database: database.clone(),
             producer,
             collections: collections.iter().map(|c| Arc::<str>::from(*c)).collect(),
             permits: Arc::new(Semaphore::new(CONCURRENT_DOCUMENTS)),
+            pending: pending.clone(),
         };
         let task = tokio::spawn(relay.run(rx, stop));
-        (Outbox { wake }, task)
+        (Outbox { wake, pending }, task)
+    }
+
+    /// Documents with pending events, by collection, as the relay's last
+    /// scan found them (every second).
+    pub fn backlog(&self) -> Vec<(String, usize)> {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.iter().map(|(c, n)| (c.to_string(), *n)).collect()
     }
 
     /// Tells the relay that document `id` of `collection` has a new event.
@@ -136,6 +149,7 @@ struct Relay {
     producer: EventProducer,
     collections: Vec<Arc<str>>,
     permits: Arc<Semaphore>,
+    pending: Backlog,
 }
 
 impl Relay {
@@ -150,7 +164,12 @@ impl Relay {
                 _ = scan.tick() => {
                     for collection in self.collections.clone() {
                         match self.pending_ids(&collection).await {
-                            Ok(ids) => for id in ids { self.spawn(&mut tasks, collection.clone(), id).await },
+                            Ok(ids) => {
+                                self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(collection.clone(), ids.len());
+                                for id in ids {
+                                    self.spawn(&mut tasks, collection.clone(), id).await;
+                                }
+                            }
                             Err(e) => tracing::warn!(collection = %collection, "cannot look for pending events: {e}"),
                         }
                     }

@@ -16,7 +16,10 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -24,8 +27,8 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig, Store,
-    StoreLimitsBuilder, UpdateDeadline,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig,
+    ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
     component::{Component, Linker},
 };
 
@@ -106,6 +109,77 @@ struct RuntimeInner {
     /// again. Bounded: the oldest go first (a function using one keeps it
     /// alive through its own handle).
     compiled: Mutex<ComponentCache>,
+    usage: Arc<Usage>,
+}
+
+/// The instances alive on the host and their linear memory.
+#[derive(Default)]
+struct Usage {
+    instances: AtomicI64,
+    memory_bytes: AtomicI64,
+}
+
+/// A store's resource limits, and its part of the host's [`Usage`]: counted
+/// when the store is made, as its memories grow, and no more once dropped.
+pub struct Metered {
+    limits: StoreLimits,
+    usage: Arc<Usage>,
+    memory_bytes: usize,
+    /// The growth last allowed, taken back if it then failed.
+    last_growth: usize,
+}
+
+impl Metered {
+    fn new(limits: StoreLimits, usage: Arc<Usage>) -> Self {
+        usage.instances.fetch_add(1, Ordering::Relaxed);
+        Metered { limits, usage, memory_bytes: 0, last_growth: 0 }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.usage.instances.fetch_sub(1, Ordering::Relaxed);
+        self.usage.memory_bytes.fetch_sub(self.memory_bytes as i64, Ordering::Relaxed);
+    }
+}
+
+impl ResourceLimiter for Metered {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.last_growth = desired.saturating_sub(current);
+            self.memory_bytes += self.last_growth;
+            self.usage.memory_bytes.fetch_add(self.last_growth as i64, Ordering::Relaxed);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        let growth = std::mem::take(&mut self.last_growth);
+        self.memory_bytes -= growth;
+        self.usage.memory_bytes.fetch_sub(growth as i64, Ordering::Relaxed);
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl Drop for RuntimeInner {
@@ -262,8 +336,16 @@ impl Runtime {
                 limits,
                 ticker,
                 compiled: Mutex::default(),
+                usage: Arc::default(),
             }),
         })
+    }
+
+    /// WebAssembly instances alive now (running, or kept warm for reuse),
+    /// and their linear memory in bytes.
+    pub fn usage(&self) -> (i64, i64) {
+        let usage = &self.inner.usage;
+        (usage.instances.load(Ordering::Relaxed), usage.memory_bytes.load(Ordering::Relaxed))
     }
 
     pub fn services(&self) -> &Services {
@@ -611,7 +693,7 @@ impl Function {
             .instances(CORE_INSTANCES_PER_COMPONENT as usize)
             .trap_on_grow_failure(false)
             .build();
-        let state = inner.services.instance(&self.name, &self.grants, store_limits, calls);
+        let state = inner.services.instance(&self.name, &self.grants, Metered::new(store_limits, inner.usage.clone()), calls);
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limits);
         // Yield to tokio at every tick, and trap once the call in progress

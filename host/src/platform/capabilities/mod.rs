@@ -26,7 +26,7 @@ use anyhow::Context as _;
 use serde::de::DeserializeOwned;
 
 use super::{journal::Calls, sandbox::Sandbox};
-use wasmtime::{StoreLimits, component::Linker};
+use wasmtime::component::Linker;
 
 /// How a capability plugs into the host; see the module documentation.
 pub trait Capability: Send + Sync + 'static {
@@ -76,7 +76,7 @@ macro_rules! capabilities {
         /// the store's resource limits.
         pub struct InstanceState {
             $( pub $name: <$ty as Capability>::State, )*
-            pub(crate) limits: StoreLimits,
+            pub(crate) limits: crate::platform::runtime::Metered,
             /// The locked-down WASI every instance has (not a capability:
             /// it grants nothing).
             pub(crate) sandbox: Sandbox,
@@ -105,7 +105,7 @@ macro_rules! capabilities {
             }
 
             /// The state of a new instance of `function`, journaled in `calls`.
-            pub fn instance(&self, function: &Arc<str>, grants: &Grants, limits: StoreLimits, calls: &Calls) -> InstanceState {
+            pub fn instance(&self, function: &Arc<str>, grants: &Grants, limits: crate::platform::runtime::Metered, calls: &Calls) -> InstanceState {
                 InstanceState {
                     $( $name: self.$name.instance(function, &grants.$name, calls), )*
                     limits,

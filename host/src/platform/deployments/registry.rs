@@ -26,6 +26,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use super::{CounterSnapshot, Deployment, FunctionState, Manifest, Status};
 use crate::platform::{
     journal::Journal,
+    metrics::Metrics,
     kafka::{
         Cluster, EventProducer, Topics, dead_letter_topic,
         replay::{self, ReplayFrom, ReplayReport},
@@ -42,6 +43,8 @@ pub struct TriggerSettings {
     pub topics: Topics,
     /// Where functions' capability calls are journaled.
     pub journal: Journal,
+    /// Where each function version's counters go.
+    pub metrics: Metrics,
     /// How long a function's call may run (a revocation waits for it).
     pub call_deadline: Duration,
     /// How long to wait for the broker when creating topics.
@@ -187,11 +190,12 @@ impl Registry {
         let (deployment_tx, deployment_rx) = watch::channel(deployment.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let make_trigger = {
-            let (group, cluster, producer, journal) = (
+            let (group, cluster, producer, journal, metrics) = (
                 deployment.manifest.group().to_string(),
                 settings.cluster.clone(),
                 settings.producer.clone(),
                 settings.journal.clone(),
+                settings.metrics.clone(),
             );
             let (status, call_deadline) = (status.clone(), settings.call_deadline);
             move || Trigger {
@@ -200,6 +204,7 @@ impl Registry {
                 cluster: cluster.clone(),
                 producer: producer.clone(),
                 journal: journal.clone(),
+                metrics: metrics.clone(),
                 status: status.clone(),
                 deployment: deployment_rx.clone(),
                 stop: stop_rx.clone(),
@@ -303,6 +308,17 @@ impl Registry {
 
     pub fn status(&self, name: &str) -> Option<FunctionStatus> {
         self.slots().get(name).map(snapshot)
+    }
+
+    /// (function, topic, partition, lag) of every partition consumed here.
+    pub fn lag(&self) -> Vec<(String, String, i32, i64)> {
+        let slots = self.slots();
+        let mut lag = Vec::new();
+        for (name, slot) in slots.iter().filter(|(_, s)| !s.supervisor.is_finished()) {
+            let topic = &slot.current.manifest.trigger.kafka.topic;
+            lag.extend(slot.status.lag().into_iter().map(|(p, n)| (name.clone(), topic.clone(), p, n)));
+        }
+        lag
     }
 
 }

@@ -68,6 +68,8 @@ pub struct Status {
     state: Mutex<FunctionState>,
     last_error: Mutex<Option<String>>,
     pub counters: Counters,
+    /// Consumer lag by partition, as the trigger last saw it.
+    lag: Mutex<Vec<(i32, i64)>>,
 }
 
 /// The counters as the admin API shows them.
@@ -93,6 +95,7 @@ impl Status {
             state: Mutex::new(FunctionState::Starting),
             last_error: Mutex::new(None),
             counters: Counters::default(),
+            lag: Mutex::new(Vec::new()),
         }
     }
 
@@ -135,6 +138,15 @@ impl Status {
 
     pub fn count(&self, counter: impl Fn(&Counters) -> &AtomicU64) {
         counter(&self.counters).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The lag of every partition the trigger consumes now.
+    pub fn set_lag(&self, lag: Vec<(i32, i64)>) {
+        *self.lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+    }
+
+    pub fn lag(&self) -> Vec<(i32, i64)> {
+        self.lag.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn count_assignment(&self) {

@@ -73,9 +73,12 @@ use super::{Cluster, Event, EventProducer, dead_letter_topic};
 use crate::platform::{
     deployments::{Deployment, FunctionState, Status},
     journal::{Journal, KEPT_DEAD_LETTERED, MARK_STEP, RecordKey},
+    metrics::{Metrics, VersionMetrics},
     runtime::{HandlerError, Header, Message, Outcome},
 };
 
+/// How often librdkafka reports the consumer's statistics (its lag).
+const STATISTICS_INTERVAL_MS: &str = "1000";
 /// How often stored offsets are committed.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// Records queued for a partition's worker; more wait in the consumer loop…
@@ -100,6 +103,7 @@ pub struct Trigger {
     pub cluster: Cluster,
     pub producer: EventProducer,
     pub journal: Journal,
+    pub metrics: Metrics,
     pub status: Arc<Status>,
     /// The version to run; replaced in place by a deploy.
     pub deployment: watch::Receiver<Arc<Deployment>>,
@@ -178,7 +182,24 @@ struct TriggerContext {
     commit_failed: Arc<AtomicBool>,
 }
 
-impl ClientContext for TriggerContext {}
+impl ClientContext for TriggerContext {
+    /// librdkafka's statistics (every [`STATISTICS_INTERVAL_MS`]): the lag
+    /// of each partition this consumer owns, from the partition's end to
+    /// the offset stored last (the first record not handled yet), or the
+    /// committed one before anything was stored.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let owned: HashSet<i32> = self.workers.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        let mut lag: Vec<(i32, i64)> = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|p| owned.contains(&p.partition))
+            .filter_map(|p| [p.consumer_lag_stored, p.consumer_lag].into_iter().find(|lag| *lag >= 0).map(|lag| (p.partition, lag)))
+            .collect();
+        lag.sort_unstable();
+        self.status.set_lag(lag);
+    }
+}
 
 impl ConsumerContext for TriggerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -401,6 +422,7 @@ impl Trigger {
         // consumer leaves the group when dropped.
         let _ = halt_tx.send(true);
         drop(feeds);
+        self.status.set_lag(Vec::new());
         while tasks.join_next().await.is_some() {}
         commit(&consumer, CommitMode::Sync, &name);
         if let Some(panic) = crashed {
@@ -427,6 +449,8 @@ impl Trigger {
             producer: self.producer.clone(),
             journal: self.journal.clone(),
             deployment: self.deployment.clone(),
+            metrics: self.metrics.clone(),
+            version_metrics: None,
         }
     }
 
@@ -460,7 +484,9 @@ impl Trigger {
             // on how late a new record is seen.
             .set("fetch.wait.max.ms", "100")
             // Bounds what is fetched ahead of a paused partition.
-            .set("queued.max.messages.kbytes", "8192");
+            .set("queued.max.messages.kbytes", "8192")
+            // The consumer lag of the metrics comes from librdkafka's statistics.
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         let consumer: TriggerConsumer = self.cluster.create_with(
             config,
             TriggerContext { status: self.status.clone(), workers, call_deadline: self.call_deadline, commit_failed },
@@ -746,6 +772,9 @@ struct Handler {
     journal: Journal,
     /// The version to run; replaced in place by a deploy.
     deployment: watch::Receiver<Arc<Deployment>>,
+    metrics: Metrics,
+    /// The counters of the version last run.
+    version_metrics: Option<Arc<VersionMetrics>>,
 }
 
 enum Step {
@@ -768,6 +797,14 @@ impl Handler {
         self.deployment.borrow_and_update().clone()
     }
 
+    /// The counters of `version`.
+    fn counters_of(&mut self, version: &str) -> Arc<VersionMetrics> {
+        match &self.version_metrics {
+            Some(m) if m.version() == version => m.clone(),
+            _ => self.version_metrics.insert(Arc::new(self.metrics.version(self.status.name(), version))).clone(),
+        }
+    }
+
     /// Whether another version was deployed while the last call ran: then
     /// the record is run again on it rather than the trigger stopping.
     fn swapped_meanwhile(&self) -> bool {
@@ -777,10 +814,12 @@ impl Handler {
     /// Runs one record through the function until it may be committed.
     /// `new_record`: no earlier owner of the partition can have started it.
     async fn process(&mut self, message: &Message, new_record: bool, fence: &mut Fence) -> Step {
-        if let Some(filter) = &self.current().manifest.trigger.kafka.filter
+        let deployment = self.current();
+        if let Some(filter) = &deployment.manifest.trigger.kafka.filter
             && !filter.matches(message)
         {
             self.status.count(|c| &c.filtered);
+            self.counters_of(&deployment.version).filtered.inc();
             return Step::Done;
         }
         let name: Arc<str> = Arc::from(self.status.name());
@@ -796,6 +835,7 @@ impl Handler {
         let mut budget_since: Option<Instant> = None;
         loop {
             let deployment = self.current();
+            let counters = self.counters_of(&deployment.version);
             let policy = deployment.manifest.trigger.kafka.retry;
             let version = short(&deployment.version);
             let offset = message.offset;
@@ -808,7 +848,14 @@ impl Handler {
             } else {
                 self.journal.calls(name.clone(), key.clone())
             };
+            let started = Instant::now();
             let outcome = deployment.function.run(message, &calls).await.outcome;
+            counters.handling.observe(started.elapsed().as_secs_f64());
+            if matches!(outcome, Outcome::Handled) {
+                counters.handled.inc();
+            } else {
+                counters.failed(outcome.kind());
+            }
             let stats = calls.stats().await;
             if !matches!(outcome, Outcome::Handled) {
                 calls.unhandled(KEPT_DEAD_LETTERED).await;
@@ -829,6 +876,7 @@ impl Handler {
                 outages += 1;
                 budget_since = None;
                 self.status.count(|c| &c.retried);
+                counters.retried.inc();
                 self.status.count(|c| &c.waited_for_service);
                 let backoff = policy.backoff(outages - 1).min(MAX_OUTAGE_BACKOFF);
                 tracing::warn!(function = %name, offset, ?backoff, "a service is unavailable, will retry: {reason}");
@@ -875,6 +923,7 @@ impl Handler {
                         return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence).await;
                     }
                     self.status.count(|c| &c.retried);
+                    counters.retried.inc();
                     let backoff = policy.backoff(declined - 1);
                     tracing::warn!(function = %name, offset, ?backoff, "will retry: {reason}");
                     backoff
@@ -890,6 +939,7 @@ impl Handler {
                         return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence).await;
                     }
                     self.status.count(|c| &c.retried);
+                    counters.retried.inc();
                     policy.backoff(failures - 1)
                 }
             };
@@ -956,6 +1006,7 @@ impl Handler {
             .publish(Event { topic: &topic, key: message.key.as_deref(), payload: message.payload.clone(), headers })
             .await?;
         self.status.count(|c| &c.dead_lettered);
+        self.metrics.version(self.status.name(), version).dead_lettered.inc();
         Ok(())
     }
 }
