@@ -294,3 +294,99 @@ async fn filters_skip_records_and_a_new_topic_restarts_the_consumer() {
     let docs = documents(&servers.mongodb_uri, &host.database, "records").await;
     assert!(!docs.iter().any(|d| d["key"] == "keep-on-the-old-topic"), "the old topic is still read");
 }
+
+/// Runs the `runnel` command; its exit status and what it printed.
+fn runnel_command(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_runnel")).args(args).env_clear().output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// `PUT /admin/functions/{name}` with a signature part.
+async fn deploy_signed(host: &Host, name: &str, manifest: &str, component: &[u8], signature: &str) -> (StatusCode, Value) {
+    let form = reqwest::multipart::Form::new()
+        .part("manifest", reqwest::multipart::Part::text(manifest.to_string()))
+        .part("component", reqwest::multipart::Part::bytes(component.to_vec()))
+        .part("signature", reqwest::multipart::Part::text(signature.to_string()));
+    let r = host.client.put(host.url(&format!("/admin/functions/{name}"))).multipart(form).send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// With `RUNNEL_TRUSTED_KEYS` set (keys made here with `runnel keygen`),
+/// an unsigned version, one signed by another key, a trusted signature
+/// over other bytes and a malformed signature are all refused (422 naming
+/// the reason, nothing deployed); a version signed with `runnel sign`
+/// deploys with `runnel deploy`, and the versions listing names its signer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_versions_signed_by_a_trusted_key_deploy() {
+    let servers = Servers::from_env();
+    let dir = std::env::temp_dir().join(unique("signing"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |file: &str| dir.join(file).display().to_string();
+    let public = |printed: &str| {
+        printed.lines().find_map(|l| l.strip_prefix("public key (for RUNNEL_TRUSTED_KEYS): ")).unwrap().trim().to_string()
+    };
+    let (ok, printed) = runnel_command(&["keygen", &path("release.pem")]);
+    assert!(ok, "{printed}");
+    let trusted = public(&printed);
+    let (ok, printed) = runnel_command(&["keygen", &path("stranger.pem")]);
+    assert!(ok, "{printed}");
+    let (ok, printed) = runnel_command(&["keygen", &path("release.pem")]);
+    assert!(!ok && printed.contains("never overwritten"), "{printed}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(path("release.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    let keys = format!("release={trusted}");
+    let host = Host::start(&servers, &[("RUNNEL_TRUSTED_KEYS", &keys)]).await;
+    let (name, topic, group) = (unique("signed"), unique("topic"), unique("group"));
+    let manifest = recorder_manifest(&name, &topic, &group, "records", "signed");
+    let recorder = fixture("recorder");
+    std::fs::write(path(&format!("{name}.toml")), &manifest).unwrap();
+    std::fs::write(path(&format!("{name}.wasm")), &recorder).unwrap();
+    let sign = |key: &str| {
+        let (ok, printed) = runnel_command(&["sign", "--key", &path(key), &path(&format!("{name}.toml"))]);
+        assert!(ok, "{printed}");
+        std::fs::read_to_string(path(&format!("{name}.sig"))).unwrap()
+    };
+
+    let refused = |(status, problem): (StatusCode, Value), says: &str| {
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert_eq!(problem["field"], "signature", "{problem}");
+        let detail = problem["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains(says), "'{detail}' does not say '{says}'");
+    };
+    refused(host.deploy(&name, &manifest, &recorder).await, "not signed");
+    let by_stranger = sign("stranger.pem");
+    refused(deploy_signed(&host, &name, &manifest, &recorder, &by_stranger).await, "not in RUNNEL_TRUSTED_KEYS");
+    let by_release = sign("release.pem");
+    let other_manifest = manifest.replace("'signed'", "'tampered'");
+    refused(deploy_signed(&host, &name, &other_manifest, &recorder, &by_release).await, "does not match");
+    let mut other_component = recorder.clone();
+    other_component.extend_from_slice(&[0, 1, 2]);
+    refused(deploy_signed(&host, &name, &manifest, &other_component, &by_release).await, "does not match");
+    refused(deploy_signed(&host, &name, &manifest, &recorder, "{\"signed\": true}").await, "not a signature document");
+    let r = host.client.get(host.url(&format!("/admin/functions/{name}"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a refused version was kept");
+
+    // Signed by the trusted key, deployed with the CLI (which sends `<name>.sig`).
+    let (ok, printed) = runnel_command(&["deploy", "--host", &host.base, &path(&format!("{name}.toml"))]);
+    assert!(ok, "{printed}");
+    let function: Value = host.client.get(host.url(&format!("/admin/functions/{name}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(function["state"], "running", "{function}");
+    assert_eq!(function["versions"][0]["signer"], "release", "{function}");
+    assert!(function["versions"][0].get("signature").is_none(), "the listing shows signers, not signatures");
+    // The refused versions were never kept: nothing to roll back to.
+    let r = host.client.post(host.url(&format!("/admin/functions/{name}/rollback"))).json(&serde_json::json!({})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(function["versions"].as_array().unwrap().len(), 1, "{function}");
+    let (ok, table) = runnel_command(&["functions", "--host", &host.base]);
+    let row = table.lines().find(|l| l.starts_with(&name)).unwrap_or_default();
+    assert!(ok && table.starts_with("NAME") && table.lines().next().unwrap().ends_with("SIGNER") && row.ends_with("release"), "{table}");
+    // It runs: a record is handled by the signed version.
+    produce(&servers.kafka_brokers, &topic, "signed-1").await;
+    assert_eq!(label_of(&servers, &host.database, "records", "signed-1").await, "signed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,7 +5,7 @@
 
 use std::{borrow::Cow, collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
-use crate::platform::{kafka::Property, redact};
+use crate::platform::{auth::OidcSettings, deployments::TrustedKeys, kafka::Property, redact};
 
 /// Everything the host needs to start; see README.md for each variable.
 /// Its `Debug` hides the passwords its URLs and properties may hold.
@@ -24,8 +24,16 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long start-up waits for the broker and the database.
     pub connect_timeout: Duration,
-    /// The bearer token of the admin API; none: loopback clients only.
+    /// The bearer token of the admin API; none (and no issuer): loopback
+    /// clients only.
     pub admin_token: Option<String>,
+    /// The OpenID Connect issuer whose tokens the API accepts; none: the
+    /// data routes are open (loopback only, unless `insecure`).
+    pub oidc: Option<OidcSettings>,
+    /// `RUNNEL_INSECURE=1`: serve an open API on a non-loopback address.
+    pub insecure: bool,
+    /// Keys one of which must have signed every version (`RUNNEL_TRUSTED_KEYS`).
+    pub trusted_keys: Option<TrustedKeys>,
     /// Largest deploy (manifest + component) the admin API accepts.
     pub max_component_bytes: usize,
     /// How often the host reads the deployments every host shares.
@@ -52,6 +60,9 @@ impl std::fmt::Debug for Config {
             .field("mail_from", &self.mail_from)
             .field("functions_dir", &self.functions_dir)
             .field("admin_token", &self.admin_token.as_ref().map(|_| redact::HIDDEN))
+            .field("oidc", &self.oidc)
+            .field("insecure", &self.insecure)
+            .field("trusted_keys", &self.trusted_keys)
             .field("compiled_dir", &self.compiled_dir)
             .field("topic_partitions", &self.topic_partitions)
             .finish_non_exhaustive()
@@ -86,7 +97,7 @@ impl Config {
         let err = |name: &'static str, problem: String| ConfigError { name: name.into(), problem };
 
         let http_addr = get("RUNNEL_HTTP_ADDR", "127.0.0.1:8080");
-        let http_addr = http_addr.parse().map_err(|e| {
+        let http_addr: SocketAddr = http_addr.parse().map_err(|e| {
             err("RUNNEL_HTTP_ADDR", format!("'{http_addr}' is not an address like 127.0.0.1:8080 ({e})"))
         })?;
 
@@ -159,6 +170,75 @@ impl Config {
             return Err(err("RUNNEL_ADMIN_TOKEN", "must be at least 16 characters, without spaces".into()));
         }
 
+        let oidc = match lookup("RUNNEL_OIDC_ISSUER").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+            None => {
+                for name in ["RUNNEL_OIDC_AUDIENCE", "RUNNEL_OIDC_DISCOVERY_URL"] {
+                    if lookup(name).is_some_and(|v| !v.trim().is_empty()) {
+                        return Err(err(name, "is set but RUNNEL_OIDC_ISSUER is not".into()));
+                    }
+                }
+                None
+            }
+            Some(issuer) => {
+                if !is_http_url(&issuer) {
+                    return Err(err("RUNNEL_OIDC_ISSUER", format!("'{issuer}' is not an http:// or https:// URL")));
+                }
+                let audience = get("RUNNEL_OIDC_AUDIENCE", "");
+                if audience.is_empty() {
+                    return Err(err(
+                        "RUNNEL_OIDC_AUDIENCE",
+                        "must be set with RUNNEL_OIDC_ISSUER: the audience (`aud`) tokens for this API carry".into(),
+                    ));
+                }
+                let discovery_url = lookup("RUNNEL_OIDC_DISCOVERY_URL").map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+                if let Some(url) = &discovery_url
+                    && !is_http_url(url)
+                {
+                    return Err(err("RUNNEL_OIDC_DISCOVERY_URL", format!("'{url}' is not an http:// or https:// URL")));
+                }
+                let roles_claim = get("RUNNEL_OIDC_ROLES_CLAIM", "roles");
+                if roles_claim.split('.').any(str::is_empty) {
+                    return Err(err("RUNNEL_OIDC_ROLES_CLAIM", format!("'{roles_claim}' is not a claim name or dotted path")));
+                }
+                let role = |name: &'static str, default: &str| {
+                    let role = get(name, default);
+                    if role.contains(char::is_whitespace) {
+                        Err(err(name, format!("'{role}' is not a role name (no spaces)")))
+                    } else {
+                        Ok(role)
+                    }
+                };
+                Some(OidcSettings {
+                    issuer,
+                    audience,
+                    discovery_url,
+                    roles_claim,
+                    write_role: role("RUNNEL_OIDC_WRITE_ROLE", "ROLE_USER")?,
+                    admin_role: role("RUNNEL_OIDC_ADMIN_ROLE", "ROLE_ADMIN")?,
+                })
+            }
+        };
+        let insecure = match get("RUNNEL_INSECURE", "0").as_str() {
+            "1" | "true" => true,
+            "0" | "false" => false,
+            other => return Err(err("RUNNEL_INSECURE", format!("'{other}' is not 1 or 0"))),
+        };
+        if oidc.is_none() && !insecure && !http_addr.ip().is_loopback() {
+            return Err(err(
+                "RUNNEL_HTTP_ADDR",
+                format!(
+                    "{http_addr} is not a loopback address, and without RUNNEL_OIDC_ISSUER the API would be open to \
+                     anyone who can reach it; set RUNNEL_OIDC_ISSUER (and RUNNEL_OIDC_AUDIENCE), or RUNNEL_INSECURE=1 \
+                     to serve it open anyway"
+                ),
+            ));
+        }
+
+        let trusted_keys = match lookup("RUNNEL_TRUSTED_KEYS").filter(|v| !v.trim().is_empty()) {
+            Some(keys) => Some(TrustedKeys::parse(&keys).map_err(|e| err("RUNNEL_TRUSTED_KEYS", e))?),
+            None => None,
+        };
+
         let max_component = get("RUNNEL_MAX_COMPONENT_BYTES", "67108864");
         let max_component_bytes = max_component.parse().map_err(|_| {
             err("RUNNEL_MAX_COMPONENT_BYTES", format!("'{max_component}' is not a number of bytes"))
@@ -203,6 +283,9 @@ impl Config {
             max_body_bytes,
             connect_timeout: Duration::from_secs(10),
             admin_token,
+            oidc,
+            insecure,
+            trusted_keys,
             max_component_bytes,
             sync_interval,
             capability_timeout,
@@ -210,6 +293,13 @@ impl Config {
             topic_partitions,
         })
     }
+}
+
+fn is_http_url(url: &str) -> bool {
+    url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).is_some_and(|rest| {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        !host.is_empty() && !host.contains('@')
+    })
 }
 
 #[cfg(test)]
@@ -245,6 +335,10 @@ mod tests {
             ("RUNNEL_SYNC_INTERVAL_MS", "0"),
             ("RUNNEL_CAPABILITY_TIMEOUT_MS", "60000"),
             ("RUNNEL_TOPIC_PARTITIONS", "0"),
+            ("RUNNEL_OIDC_ISSUER", "keycloak/realms/runnel"),
+            ("RUNNEL_OIDC_AUDIENCE", "runnel"),
+            ("RUNNEL_INSECURE", "yes"),
+            ("RUNNEL_TRUSTED_KEYS", "not-a-key"),
         ] {
             let e = config(&[(name, value)]).unwrap_err();
             assert_eq!(e.name, name);
@@ -304,5 +398,37 @@ mod tests {
         assert!(e.to_string().contains("mailer:***@mail") && !e.to_string().contains("hunter2"), "{e}");
         let e = config(&[("RUNNEL_MONGODB_URI", "mysql://app:hunter2@db")]).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn an_issuer_needs_an_audience_and_sets_the_roles() {
+        let e = config(&[("RUNNEL_OIDC_ISSUER", "http://127.0.0.1:8180/realms/runnel")]).unwrap_err();
+        assert_eq!(e.name, "RUNNEL_OIDC_AUDIENCE");
+        let c = config(&[
+            ("RUNNEL_OIDC_ISSUER", "http://127.0.0.1:8180/realms/runnel"),
+            ("RUNNEL_OIDC_AUDIENCE", "runnel"),
+            ("RUNNEL_OIDC_ROLES_CLAIM", "realm_access.roles"),
+        ])
+        .unwrap();
+        let oidc = c.oidc.unwrap();
+        assert_eq!(oidc.discovery_url(), "http://127.0.0.1:8180/realms/runnel/.well-known/openid-configuration");
+        assert_eq!((oidc.roles_claim.as_str(), oidc.write_role.as_str(), oidc.admin_role.as_str()), ("realm_access.roles", "ROLE_USER", "ROLE_ADMIN"));
+        assert_eq!(config(&[("RUNNEL_OIDC_ROLES_CLAIM", "x"), ("RUNNEL_OIDC_ISSUER", "https://id.example/"), ("RUNNEL_OIDC_AUDIENCE", "a"), ("RUNNEL_OIDC_WRITE_ROLE", "A B")]).unwrap_err().name, "RUNNEL_OIDC_WRITE_ROLE");
+        assert_eq!(config(&[("RUNNEL_OIDC_AUDIENCE", "runnel")]).unwrap_err().name, "RUNNEL_OIDC_AUDIENCE");
+    }
+
+    #[test]
+    fn an_open_api_listens_on_loopback_only_unless_told_otherwise() {
+        let e = config(&[("RUNNEL_HTTP_ADDR", "0.0.0.0:8080")]).unwrap_err();
+        assert_eq!(e.name, "RUNNEL_HTTP_ADDR");
+        assert!(e.problem.contains("RUNNEL_INSECURE=1") && e.problem.contains("RUNNEL_OIDC_ISSUER"), "{e}");
+        assert!(config(&[("RUNNEL_HTTP_ADDR", "0.0.0.0:8080"), ("RUNNEL_INSECURE", "1")]).unwrap().insecure);
+        let secured = config(&[
+            ("RUNNEL_HTTP_ADDR", "0.0.0.0:8080"),
+            ("RUNNEL_OIDC_ISSUER", "https://id.example/realms/r"),
+            ("RUNNEL_OIDC_AUDIENCE", "runnel"),
+        ]);
+        assert!(secured.is_ok());
+        assert!(config(&[("RUNNEL_HTTP_ADDR", "[::1]:8080")]).is_ok());
     }
 }

@@ -11,7 +11,8 @@ use crate::{
     app,
     config::Config,
     platform::{
-        admin::{self, AdminAuth, AdminState},
+        admin::{self, AdminState},
+        auth::{self, Auth, Oidc},
         capabilities::{Services, mail::Mail},
         deployments::{Deployer, Registry, TriggerSettings, VersionStore},
         health::{self, Health},
@@ -74,8 +75,20 @@ async fn serve(
         // Long enough for a call in progress to end within its own deadline.
         stop_grace: limits.timeout + Duration::from_secs(10),
     });
-    let deployer = Deployer::new(runtime.clone(), registry.clone(), VersionStore::new(&database), Arc::new(|var| std::env::var(var).ok()));
+    let deployer = Deployer::new(
+        runtime.clone(),
+        registry.clone(),
+        VersionStore::new(&database),
+        Arc::new(|var| std::env::var(var).ok()),
+        config.trusted_keys.clone(),
+    );
+    match &config.trusted_keys {
+        Some(keys) => tracing::info!(?keys, "only versions signed by a trusted key are deployed and run"),
+        None => tracing::info!("RUNNEL_TRUSTED_KEYS is not set: versions need no signature"),
+    }
     let health = Health { database: database.clone(), topics, deployer: deployer.clone() };
+
+    let auth = access(&config).await?;
 
     // Bound before any trigger starts, so that a taken port fails start-up
     // with nothing running yet.
@@ -110,14 +123,7 @@ async fn serve(
     let (outbox, mut relay) = Outbox::start(&database, relay_producer, &app::outbox_collections(), stop_rx.clone());
     metrics.set_sources(Arc::new(Sources { registry: registry.clone(), journal, outbox: outbox.clone(), runtime }));
 
-    let auth = match &config.admin_token {
-        Some(token) => AdminAuth::Token(Arc::from(token.as_str())),
-        None => {
-            tracing::warn!("RUNNEL_ADMIN_TOKEN is not set: the admin API answers loopback clients only");
-            AdminAuth::LoopbackOnly
-        }
-    };
-    let app = router(&config, database, outbox, AdminState { deployer: deployer.clone(), auth: Arc::new(auth) }, health, metrics);
+    let app = router(&config, database, outbox, AdminState { deployer: deployer.clone(), auth: auth.clone() }, auth, health, metrics);
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let mut http_stop = stop_rx.clone();
@@ -175,6 +181,31 @@ async fn serve(
     result
 }
 
+/// The access rules: the issuer's keys read (start-up fails naming the
+/// variable if they cannot be), and a warning for whatever is left open.
+async fn access(config: &Config) -> anyhow::Result<Auth> {
+    let oidc = match &config.oidc {
+        Some(settings) => {
+            let oidc = Oidc::discover(settings.clone(), config.connect_timeout)
+                .await
+                .map_err(|e| anyhow::anyhow!("RUNNEL_OIDC_ISSUER: {e}"))?;
+            tracing::info!(issuer = %settings.issuer, audience = %settings.audience, "the API accepts this issuer's tokens");
+            Some(oidc)
+        }
+        None => {
+            tracing::warn!(
+                addr = %config.http_addr,
+                "RUNNEL_OIDC_ISSUER is not set: the /api routes are open to anyone who can reach this address"
+            );
+            if config.admin_token.is_none() {
+                tracing::warn!("RUNNEL_ADMIN_TOKEN is not set: the admin API answers loopback clients only");
+            }
+            None
+        }
+    };
+    Ok(Auth::new(oidc, config.admin_token.as_deref()))
+}
+
 /// Logs that a part of the host that runs until the stop has ended; the
 /// error the host exits with.
 fn part_failed(part: &str, error: Option<tokio::task::JoinError>) -> anyhow::Error {
@@ -192,10 +223,13 @@ fn router(
     database: mongodb::Database,
     outbox: Outbox,
     admin: AdminState,
+    auth: Auth,
     health: Health,
     metrics: Metrics,
 ) -> Router {
     let (app_router, mut doc) = app::api::router(app::api::AppState { database, outbox }, config.max_body_bytes);
+    // Reads need a token of the issuer, writes its write role (when one is set).
+    let app_router = app_router.route_layer(axum::middleware::from_fn_with_state(auth, auth::data));
     let (admin_router, admin_doc) = admin::router(admin, config.max_component_bytes);
     doc.merge(admin_doc);
     let (health_router, health_doc) = health::router(health);

@@ -34,7 +34,7 @@ async fn send(host: &HostArgs, request: reqwest::RequestBuilder) -> anyhow::Resu
 }
 
 /// The manifest and component a path names.
-fn locate(path: &Path, component: Option<&Path>, build: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub(super) fn locate(path: &Path, component: Option<&Path>, build: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (manifest, crate_dir) = if path.is_dir() {
         (path.join("runnel.toml"), Some(path.to_path_buf()))
     } else {
@@ -95,8 +95,21 @@ fn locate(path: &Path, component: Option<&Path>, build: bool) -> anyhow::Result<
     Ok((manifest, wasm))
 }
 
-pub async fn deploy(host: &HostArgs, path: &Path, component: Option<&Path>, build: bool) -> anyhow::Result<ExitCode> {
+pub async fn deploy(
+    host: &HostArgs,
+    path: &Path,
+    component: Option<&Path>,
+    signature: Option<&Path>,
+    build: bool,
+) -> anyhow::Result<ExitCode> {
     let (manifest_path, component_path) = locate(path, component, build)?;
+    // `runnel sign` writes it beside the component.
+    let beside = super::sign::signature_path(&component_path);
+    let signature = match signature {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("'{}'", path.display()))?),
+        None if beside.is_file() => Some(std::fs::read_to_string(&beside).with_context(|| format!("'{}'", beside.display()))?),
+        None => None,
+    };
     let manifest = std::fs::read_to_string(&manifest_path).with_context(|| format!("'{}'", manifest_path.display()))?;
     let bytes = std::fs::read(&component_path)
         .with_context(|| format!("'{}' (build the function first, or pass --build)", component_path.display()))?;
@@ -108,6 +121,10 @@ pub async fn deploy(host: &HostArgs, path: &Path, component: Option<&Path>, buil
     let form = Form::new()
         .part("manifest", Part::text(manifest).file_name("runnel.toml").mime_str("application/toml")?)
         .part("component", Part::bytes(bytes).file_name(format!("{name}.wasm")).mime_str("application/wasm")?);
+    let form = match signature {
+        Some(signature) => form.part("signature", Part::text(signature).file_name(format!("{name}.sig")).mime_str("application/json")?),
+        None => form,
+    };
     let answer = send(host, request(host, reqwest::Method::PUT, &format!("/admin/functions/{name}")).multipart(form)).await?;
     println!(
         "deployed {name} version {} ({})",
@@ -123,7 +140,7 @@ pub async fn functions(host: &HostArgs, json: bool) -> anyhow::Result<ExitCode> 
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 8]> = answer
+    let rows: Vec<[String; 9]> = answer
         .as_array()
         .map(|a| a.as_slice())
         .unwrap_or_default()
@@ -140,11 +157,18 @@ pub async fn functions(host: &HostArgs, json: bool) -> anyhow::Result<ExitCode> 
                 count("handled"),
                 count("deadLettered"),
                 f["versions"].as_array().map_or(0, Vec::len).to_string(),
+                // The active version's signer.
+                f["versions"]
+                    .as_array()
+                    .and_then(|versions| versions.iter().find(|v| v["version"] == f["activeVersion"]))
+                    .and_then(|v| v["signer"].as_str())
+                    .unwrap_or("-")
+                    .to_string(),
             ]
         })
         .collect();
-    let header = ["NAME", "STATE", "VERSION", "TOPIC", "GROUP", "HANDLED", "DLQ", "VERSIONS"].map(String::from);
-    let widths: Vec<usize> = (0..8).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let header = ["NAME", "STATE", "VERSION", "TOPIC", "GROUP", "HANDLED", "DLQ", "VERSIONS", "SIGNER"].map(String::from);
+    let widths: Vec<usize> = (0..header.len()).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
     for row in [&header].into_iter().chain(&rows) {
         let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", line.join("  ").trim_end());

@@ -5,6 +5,7 @@ mod client;
 pub mod harness;
 mod invoke;
 mod new;
+mod sign;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -40,6 +41,10 @@ enum Command {
         /// file, or the crate's build output.
         #[arg(long)]
         component: Option<PathBuf>,
+        /// The signature; default: `<component>.sig` beside the component
+        /// when there is one (`runnel sign` writes it).
+        #[arg(long)]
+        signature: Option<PathBuf>,
         /// Build the crate first (`cargo build --target wasm32-wasip2 --profile wasm`).
         #[arg(long)]
         build: bool,
@@ -97,6 +102,12 @@ enum Command {
     Invoke(invoke::InvokeArgs),
     /// Create a function crate under functions/ from a template.
     New(new::NewArgs),
+    /// Make an ed25519 key pair for signing functions: the private key to a
+    /// file, the public key printed for RUNNEL_TRUSTED_KEYS.
+    Keygen(sign::KeygenArgs),
+    /// Sign a built function (its manifest and component): writes
+    /// `<component>.sig`, which `runnel deploy` sends along.
+    Sign(sign::SignArgs),
 }
 
 /// Runs the command line; `serve` is handed back to the caller.
@@ -115,8 +126,8 @@ pub fn main() -> ExitCode {
             };
             runtime.block_on(crate::serve::run(config, shutdown_signal())).map(|()| ExitCode::SUCCESS)
         }
-        Command::Deploy { path, component, build, host } => {
-            runtime.block_on(client::deploy(&host, &path, component.as_deref(), build))
+        Command::Deploy { path, component, signature, build, host } => {
+            runtime.block_on(client::deploy(&host, &path, component.as_deref(), signature.as_deref(), build))
         }
         Command::Functions { json, host } => runtime.block_on(client::functions(&host, json)),
         Command::Rollback { name, version, host } => runtime.block_on(client::rollback(&host, &name, version.as_deref())),
@@ -132,6 +143,8 @@ pub fn main() -> ExitCode {
         }
         Command::Invoke(args) => runtime.block_on(invoke::run(args)),
         Command::New(args) => new::run(args),
+        Command::Keygen(args) => sign::keygen(args),
+        Command::Sign(args) => sign::sign(args),
     };
     match result {
         Ok(code) => code,

@@ -1,24 +1,21 @@
 //! `/admin`: deploy, list, roll back and undeploy functions. Deploying is
-//! running code on the host, so every admin route is behind [`AdminAuth`].
+//! running code on the host, so every admin route needs [`Need::Admin`](super::auth::Need).
 //!
 //! | route | |
 //! |---|---|
 //! | `GET /admin/functions` | every function: active version, earlier versions, state here, counters |
 //! | `GET /admin/functions/{name}` | one |
-//! | `PUT /admin/functions/{name}` | deploy: `multipart/form-data` with parts `manifest` (TOML) and `component` (the `.wasm`) |
+//! | `PUT /admin/functions/{name}` | deploy: `multipart/form-data` with parts `manifest` (TOML), `component` (the `.wasm`) and, when keys are trusted, `signature` |
 //! | `DELETE /admin/functions/{name}` | undeploy (versions are kept) |
 //! | `POST /admin/functions/{name}/rollback` | activate the previous version, or `{"version": "…"}` |
 //! | `POST /admin/functions/{name}/replay` | run dead letters, or records from an offset or a time, through the running version |
 
-use std::{net::SocketAddr, sync::Arc};
-
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{ConnectInfo, DefaultBodyLimit, Multipart, Path, Request, State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware::{self, Next},
-    response::{IntoResponse, Response},
+    extract::{DefaultBodyLimit, Multipart, Path, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode},
+    middleware,
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
@@ -29,6 +26,7 @@ use utoipa::openapi::{
 };
 
 use super::{
+    auth::{self, Auth},
     kafka::replay::{ReplayFrom, ReplayReport},
     deployments::{DeployError, Deployer, FunctionDoc, HistoryEntry, ReplayError, registry::FunctionStatus},
     http::{
@@ -38,69 +36,10 @@ use super::{
     },
 };
 
-/// Who may use the admin API.
-#[derive(Debug, Clone)]
-pub enum AdminAuth {
-    /// `Authorization: Bearer <token>` with this token.
-    Token(Arc<str>),
-    /// No token configured: clients on a loopback address only.
-    LoopbackOnly,
-}
-
-impl AdminAuth {
-    /// Allows the request, or says why not (401: no credentials; 403: the
-    /// wrong ones, or not from loopback).
-    pub fn check(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<(), Problem> {
-        match self {
-            AdminAuth::LoopbackOnly => match peer {
-                Some(peer) if peer.ip().is_loopback() => Ok(()),
-                _ => Err(Problem::forbidden(
-                    "the admin API answers only loopback clients when RUNNEL_ADMIN_TOKEN is not set",
-                )),
-            },
-            AdminAuth::Token(expected) => {
-                let Some(value) = headers.get(header::AUTHORIZATION) else {
-                    return Err(Problem::unauthorized("the admin API needs `Authorization: Bearer <token>`"));
-                };
-                let token = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                    .map(str::trim)
-                    .ok_or_else(|| Problem::unauthorized("the Authorization header is not `Bearer <token>`"))?;
-                if constant_time_eq(token.as_bytes(), expected.as_bytes()) {
-                    Ok(())
-                } else {
-                    Err(Problem::forbidden("the admin token is not valid"))
-                }
-            }
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[derive(Clone)]
 pub struct AdminState {
     pub deployer: Deployer,
-    pub auth: Arc<AdminAuth>,
-}
-
-async fn authorize(State(auth): State<Arc<AdminAuth>>, request: Request, next: Next) -> Response {
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    match auth.check(request.headers(), peer) {
-        Ok(()) => next.run(request).await,
-        Err(problem) => {
-            let unauthorized = problem.status == StatusCode::UNAUTHORIZED;
-            let mut response = problem.into_response();
-            if unauthorized {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"runnel-admin\""));
-            }
-            response
-        }
-    }
+    pub auth: Auth,
 }
 
 /// One function, as the admin API shows it.
@@ -140,6 +79,9 @@ pub struct VersionView {
     pub version: String,
     pub deployed_at: chrono::DateTime<chrono::Utc>,
     pub size: i64,
+    /// The trusted key that signed it (by its name in RUNNEL_TRUSTED_KEYS,
+    /// or its fingerprint); none if it was deployed unsigned.
+    pub signer: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +104,12 @@ pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi
     let multipart: RefOr<Schema> = ObjectBuilder::new()
         .property("manifest", ObjectBuilder::new().schema_type(Type::String).description(Some("runnel.toml")))
         .property("component", ObjectBuilder::new().schema_type(Type::String).format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary))))
+        .property(
+            "signature",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("The signature document (`runnel sign`); required when RUNNEL_TRUSTED_KEYS is set")),
+        )
         .required("manifest")
         .required("component")
         .into();
@@ -170,7 +118,7 @@ pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi
         .json(200, "Deployed and active on this host", view())
         .problem(400, "Not multipart/form-data, or a part missing or unknown (`field` names it)")
         .problem(413, "The body is larger than RUNNEL_MAX_COMPONENT_BYTES")
-        .problem(422, "The manifest or the component cannot be used (`field` says which; the detail says why, with the manifest line)")
+        .problem(422, "The manifest, the component or the signature cannot be used (`field` says which; the detail says why, with the manifest line): e.g. no signature, or one by a key that is not trusted, while RUNNEL_TRUSTED_KEYS is set")
         .problem(503, "The database did not answer; nothing was changed. (A version kept but not yet running here, e.g. while the broker is down, is answered 200 with state `failed` and the reason; every host keeps trying to start it.)");
     deploy.operation = deploy.operation.request_body(Some(
         RequestBodyBuilder::new()
@@ -214,8 +162,8 @@ pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi
             .required("from"),
     )));
     let unauthorized = |op: Op| {
-        op.problem(401, "No `Authorization: Bearer` token (RUNNEL_ADMIN_TOKEN is set)")
-            .problem(403, "A wrong token, or a client not on loopback when no token is set")
+        op.problem(401, "No bearer token, or a token of the issuer that is not valid (RUNNEL_ADMIN_TOKEN or RUNNEL_OIDC_ISSUER is set)")
+            .problem(403, "A wrong admin token, a token without the admin role, or a client not on loopback when neither is set")
     };
     let api = api
         .route(
@@ -252,7 +200,7 @@ pub fn router(state: AdminState, max_component_bytes: usize) -> (Router, OpenApi
     let auth = state.auth.clone();
     let router = router
         .layer(DefaultBodyLimit::max(max_component_bytes))
-        .layer(middleware::from_fn_with_state(auth, authorize))
+        .layer(middleware::from_fn_with_state(auth, auth::admin))
         .with_state(state);
     (router, doc)
 }
@@ -286,7 +234,7 @@ async fn view(state: &AdminState, function: FunctionDoc) -> Result<FunctionView,
         running,
         versions: versions
             .into_iter()
-            .map(|v| VersionView { version: v.version, deployed_at: v.deployed_at.to_chrono(), size: v.size })
+            .map(|v| VersionView { version: v.version, deployed_at: v.deployed_at.to_chrono(), size: v.size, signer: v.signer })
             .collect(),
         history: function
             .history
@@ -331,6 +279,7 @@ fn deploy_problem(e: DeployError) -> Problem {
         DeployError::Manifest(_) | DeployError::Grants(_) => Problem::unprocessable(detail).with_field("manifest"),
         DeployError::NameMismatch { .. } => Problem::unprocessable(detail).with_field("manifest.name"),
         DeployError::Component(_) => Problem::unprocessable(detail).with_field("component"),
+        DeployError::Signature(_) => Problem::unprocessable(detail).with_field("signature"),
         DeployError::UnknownFunction(_) | DeployError::UnknownVersion(_) => Problem::not_found(detail),
         DeployError::Unavailable(_) => {
             tracing::error!("admin: {detail}");
@@ -339,9 +288,12 @@ fn deploy_problem(e: DeployError) -> Problem {
     }
 }
 
-/// Reads the `manifest` and `component` parts of a deploy.
-async fn deploy_parts(mut multipart: Multipart) -> Result<(String, Vec<u8>), Problem> {
-    let (mut manifest, mut component) = (None, None);
+/// The most a signature document may take.
+const MAX_SIGNATURE_BYTES: usize = 4096;
+
+/// Reads the `manifest`, `component` and (optional) `signature` parts of a deploy.
+async fn deploy_parts(mut multipart: Multipart) -> Result<(String, Vec<u8>, Option<String>), Problem> {
+    let (mut manifest, mut component, mut signature) = (None, None, None);
     let bad = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Problem::payload_too_large("the deployment is larger than RUNNEL_MAX_COMPONENT_BYTES")
@@ -359,14 +311,26 @@ async fn deploy_parts(mut multipart: Multipart) -> Result<(String, Vec<u8>), Pro
                 manifest = Some(text);
             }
             "component" => component = Some(field.bytes().await.map_err(bad)?.to_vec()),
+            "signature" => {
+                let bytes = field.bytes().await.map_err(bad)?;
+                if bytes.len() > MAX_SIGNATURE_BYTES {
+                    return Err(Problem::invalid_field("signature", format!("signature: longer than {MAX_SIGNATURE_BYTES} bytes")));
+                }
+                let text = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| Problem::invalid_field("signature", "signature: is not UTF-8 text"))?;
+                signature = Some(text);
+            }
             other => {
-                return Err(Problem::invalid_field(other, format!("unknown part '{other}': expected `manifest` and `component`")));
+                return Err(Problem::invalid_field(
+                    other,
+                    format!("unknown part '{other}': expected `manifest`, `component` and optionally `signature`"),
+                ));
             }
         }
     }
     let manifest = manifest.ok_or_else(|| Problem::invalid_field("manifest", "the `manifest` part is missing"))?;
     let component = component.ok_or_else(|| Problem::invalid_field("component", "the `component` part is missing"))?;
-    Ok((manifest, component))
+    Ok((manifest, component, signature))
 }
 
 async fn deploy_function(
@@ -377,11 +341,11 @@ async fn deploy_function(
     let multipart = multipart.map_err(|e| {
         Problem::unsupported_media_type(format!("expected multipart/form-data with parts `manifest` and `component`: {}", e.body_text()))
     })?;
-    let (manifest, component) = deploy_parts(multipart).await?;
+    let (manifest, component, signature) = deploy_parts(multipart).await?;
     let deployer = state.deployer.clone();
     // In a task of its own: a client that hangs up does not cancel a deploy
     // half-way.
-    let deployed = tokio::spawn(async move { deployer.deploy(Some(&name), &manifest, &component, "deploy", false).await })
+    let deployed = tokio::spawn(async move { deployer.deploy(Some(&name), &manifest, &component, signature.as_deref(), "deploy", false).await })
         .await
         .map_err(|e| Problem::unavailable(format!("the deploy was interrupted: {e}")))?
         .map_err(deploy_problem)?;
@@ -453,43 +417,5 @@ async fn replay_function(
             tracing::warn!("replay: {e}");
             Err(Problem::unavailable(e.to_string()))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer(addr: &str) -> Option<SocketAddr> {
-        Some(addr.parse().unwrap())
-    }
-
-    #[test]
-    fn without_a_token_only_loopback_clients_are_let_in() {
-        let auth = AdminAuth::LoopbackOnly;
-        let none = HeaderMap::new();
-        assert!(auth.check(&none, peer("127.0.0.1:5000")).is_ok());
-        assert!(auth.check(&none, peer("[::1]:5000")).is_ok());
-        for outside in ["10.0.0.7:5000", "192.168.1.2:80", "[2001:db8::1]:443"] {
-            let refused = auth.check(&none, peer(outside)).unwrap_err();
-            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{outside}");
-        }
-        // No peer address known: refused, never assumed local.
-        assert_eq!(auth.check(&none, None).unwrap_err().status, StatusCode::FORBIDDEN);
-    }
-
-    #[test]
-    fn with_a_token_the_peer_does_not_matter_the_token_does() {
-        let auth = AdminAuth::Token(Arc::from("the-token-0123456789"));
-        let with = |value: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
-            h
-        };
-        assert!(auth.check(&with("Bearer the-token-0123456789"), peer("10.0.0.7:5000")).is_ok());
-        assert_eq!(auth.check(&HeaderMap::new(), peer("127.0.0.1:1")).unwrap_err().status, StatusCode::UNAUTHORIZED);
-        assert_eq!(auth.check(&with("Bearer wrong"), peer("127.0.0.1:1")).unwrap_err().status, StatusCode::FORBIDDEN);
-        assert_eq!(auth.check(&with("Bearer the-token-012345678"), peer("127.0.0.1:1")).unwrap_err().status, StatusCode::FORBIDDEN);
-        assert_eq!(auth.check(&with("Basic eDp5"), peer("127.0.0.1:1")).unwrap_err().status, StatusCode::UNAUTHORIZED);
     }
 }

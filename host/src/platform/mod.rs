@@ -11,6 +11,7 @@
 //! | [`outbox`] | events stored with the change they announce, and the relay that publishes them |
 //! | [`deployments`] | manifests, versions in the database, the registry of supervised triggers |
 //! | [`admin`] | the `/admin` HTTP API |
+//! | [`auth`] | who may call what: OpenID Connect bearer tokens, roles, the admin token |
 //! | [`health`] | `/health/live` and `/health/ready` |
 //! | [`metrics`] | `/metrics`: Prometheus counters, histograms and gauges |
 //! | [`http`] | problem+json, request parsing, routes with their OpenAPI description |
@@ -18,6 +19,7 @@
 //! | [`redact`] | secrets hidden from logs, errors and API output |
 
 pub mod admin;
+pub mod auth;
 pub mod capabilities;
 pub mod deployments;
 pub mod health;

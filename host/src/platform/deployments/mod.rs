@@ -12,6 +12,7 @@
 
 pub mod manifest;
 pub mod registry;
+pub mod signing;
 pub mod status;
 pub mod store;
 pub mod watch;
@@ -27,6 +28,7 @@ use anyhow::Context;
 
 pub use manifest::{Manifest, ManifestError};
 pub use registry::{Activation, FunctionStatus, Registry, TriggerSettings};
+pub use signing::{SignatureError, TrustedKeys};
 pub use status::{CounterSnapshot, FunctionState, Status};
 pub use store::{FunctionDoc, HistoryEntry, VersionDoc, VersionStore};
 
@@ -41,6 +43,8 @@ pub struct Deployment {
     pub version: String,
     pub manifest: Manifest,
     pub function: Function,
+    /// Whose trusted key signed it (none when no keys are configured).
+    pub signer: Option<String>,
 }
 
 /// Why a deploy was refused. Nothing was changed.
@@ -54,6 +58,8 @@ pub enum DeployError {
     Grants(anyhow::Error),
     #[error("component: {0:#}")]
     Component(anyhow::Error),
+    #[error("signature: {0}")]
+    Signature(#[from] SignatureError),
     #[error("no function '{0}'")]
     UnknownFunction(String),
     #[error("{0}")]
@@ -116,6 +122,8 @@ struct DeployerInner {
     registry: Registry,
     store: VersionStore,
     env: Env,
+    /// Keys one of which must have signed every version; none: no signature needed.
+    trusted: Option<TrustedKeys>,
     /// Per function, the revision this host last applied, and the error if
     /// it could not run it.
     applied: Mutex<HashMap<String, Applied>>,
@@ -124,13 +132,14 @@ struct DeployerInner {
 }
 
 impl Deployer {
-    pub fn new(runtime: Runtime, registry: Registry, store: VersionStore, env: Env) -> Self {
+    pub fn new(runtime: Runtime, registry: Registry, store: VersionStore, env: Env, trusted: Option<TrustedKeys>) -> Self {
         Deployer {
             inner: Arc::new(DeployerInner {
                 runtime,
                 registry,
                 store,
                 env,
+                trusted,
                 applied: Mutex::default(),
                 changes: tokio::sync::Mutex::new(()),
             }),
@@ -145,14 +154,26 @@ impl Deployer {
         &self.inner.store
     }
 
-    /// Checks and compiles a version; nothing is kept or activated.
-    pub async fn prepare(&self, name: Option<&str>, manifest_text: &str, component: &[u8]) -> Result<Deployment, DeployError> {
+    /// Checks (its signature too, when keys are trusted) and compiles a
+    /// version; nothing is kept or activated.
+    pub async fn prepare(
+        &self,
+        name: Option<&str>,
+        manifest_text: &str,
+        component: &[u8],
+        signature: Option<&str>,
+    ) -> Result<Deployment, DeployError> {
         let manifest = Manifest::parse(manifest_text)?;
         if let Some(expected) = name
             && manifest.name != expected
         {
             return Err(DeployError::NameMismatch { expected: expected.to_string(), found: manifest.name });
         }
+        // Before any of its bytes are compiled.
+        let signer = match &self.inner.trusted {
+            Some(trusted) => Some(trusted.verify(manifest_text.as_bytes(), component, signature)?),
+            None => None,
+        };
         let env = self.inner.env.clone();
         let grants = self
             .inner
@@ -165,7 +186,7 @@ impl Deployer {
         if let Some(reuse) = manifest.reuse {
             function = function.reusing(reuse.max_messages, Duration::from_secs(reuse.max_seconds.into()));
         }
-        Ok(Deployment { version: version_id(manifest_text, component), manifest, function })
+        Ok(Deployment { version: version_id(manifest_text, component), manifest, function, signer })
     }
 
     /// Validates, keeps and activates a version (`action` says why, for the
@@ -176,12 +197,15 @@ impl Deployer {
         name: Option<&str>,
         manifest_text: &str,
         component: &[u8],
+        signature: Option<&str>,
         action: &str,
         only_if_new: bool,
     ) -> Result<Deployed, DeployError> {
         let store = &self.inner.store;
         if only_if_new
             && let Some(known) = store.version(&version_id(manifest_text, component)).await.map_err(unavailable)?
+            // A signature it did not have then is checked and kept.
+            && (signature.is_none() || known.signature.is_some())
         {
             // Checked when it was first deployed; not compiled again.
             if let Some(expected) = name
@@ -197,7 +221,7 @@ impl Deployer {
                 activation: None,
             });
         }
-        let deployment = self.prepare(name, manifest_text, component).await?;
+        let deployment = self.prepare(name, manifest_text, component, signature).await?;
         let _changes = self.inner.changes.lock().await;
         let name = deployment.manifest.name.clone();
         let version = deployment.version.clone();
@@ -209,7 +233,8 @@ impl Deployer {
             return Ok(Deployed { name, version: Some(version), revision: current.revision, activation: Some(Activation::Unchanged) });
         }
         let digest = sha256_hex(&[component]);
-        store.put_version(&version, &name, manifest_text, &digest, component).await.map_err(unavailable)?;
+        let signed = signature.zip(deployment.signer.as_deref());
+        store.put_version(&version, &name, manifest_text, &digest, component, signed).await.map_err(unavailable)?;
         let function = store.set_active(&name, Some(&version), action).await.map_err(unavailable)?;
         let activation = self.apply(&name, function.revision, Some(deployment)).await;
         tracing::info!(function = %name, %version, action, "deployed");
@@ -239,7 +264,8 @@ impl Deployer {
             .filter(|v| v.function == name)
             .ok_or_else(|| DeployError::UnknownVersion(format!("'{name}' has no version '{target}'")))?;
         let component = store.component(&version).await.map_err(unavailable)?;
-        self.deploy(Some(name), &version.manifest, &component, "rollback", false).await
+        // Checked again: the trusted keys may have changed since.
+        self.deploy(Some(name), &version.manifest, &component, version.signature.as_deref(), "rollback", false).await
     }
 
     /// Undeploys `name` on every host; its versions stay, for a rollback.
@@ -420,7 +446,7 @@ impl Deployer {
         let store = &self.inner.store;
         let doc = store.version(version).await.map_err(unavailable)?.ok_or_else(|| DeployError::UnknownVersion(version.into()))?;
         let component = store.component(&doc).await.map_err(unavailable)?;
-        self.prepare(Some(&doc.function), &doc.manifest, &component).await.map(Some)
+        self.prepare(Some(&doc.function), &doc.manifest, &component, doc.signature.as_deref()).await.map(Some)
     }
 
     /// Syncs every `interval` until `stop` turns true.
@@ -454,11 +480,13 @@ pub fn version_id(manifest_text: &str, component: &[u8]) -> String {
     sha256_hex(&[digest.as_bytes(), b"\n", manifest_text.as_bytes()])
 }
 
-/// A deployment in a folder: `<name>.toml` and `<name>.wasm`.
+/// A deployment in a folder: `<name>.toml` and `<name>.wasm`, and its
+/// signature `<name>.sig` if it has one.
 pub struct DirEntry {
     pub name: String,
     pub manifest: PathBuf,
     pub component: PathBuf,
+    pub signature: PathBuf,
 }
 
 impl DirEntry {
@@ -467,6 +495,7 @@ impl DirEntry {
             name: name.to_string(),
             manifest: dir.join(format!("{name}.toml")),
             component: dir.join(format!("{name}.wasm")),
+            signature: dir.join(format!("{name}.sig")),
         }
     }
 }
@@ -484,13 +513,22 @@ pub fn dir_entries(dir: &Path) -> anyhow::Result<Vec<DirEntry>> {
     Ok(entries)
 }
 
-/// Reads one deployment of a folder.
-pub fn read_entry(entry: &DirEntry) -> anyhow::Result<(String, Vec<u8>)> {
+/// Reads one deployment of a folder: manifest, component, signature.
+pub fn read_entry(entry: &DirEntry) -> anyhow::Result<(String, Vec<u8>, Option<String>)> {
     let text = std::fs::read_to_string(&entry.manifest)
         .with_context(|| format!("'{}': cannot read the manifest", entry.manifest.display()))?;
     let bytes = std::fs::read(&entry.component)
         .with_context(|| format!("'{}': cannot read its component", entry.component.display()))?;
-    Ok((text, bytes))
+    let signature = read_signature(&entry.signature)?;
+    Ok((text, bytes, signature))
+}
+
+fn read_signature(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("'{}': cannot read the signature", path.display()))),
+    }
 }
 
 impl Deployer {
@@ -504,9 +542,11 @@ impl Deployer {
             Manifest::parse(&text).map_err(|e| anyhow::anyhow!("cannot deploy '{file}': manifest: {e}"))?;
             let bytes = std::fs::read(&entry.component)
                 .with_context(|| format!("'{}': cannot read its component", entry.component.display()))?;
-            self.deploy(Some(&entry.name), &text, &bytes, "seed", true).await.map_err(|e| {
+            let signature = read_signature(&entry.signature)?;
+            self.deploy(Some(&entry.name), &text, &bytes, signature.as_deref(), "seed", true).await.map_err(|e| {
                 let at = match &e {
                     DeployError::Component(_) => entry.component.display().to_string(),
+                    DeployError::Signature(_) => entry.signature.display().to_string(),
                     _ => file.clone(),
                 };
                 anyhow::anyhow!("cannot deploy '{at}': {e}")

@@ -4,7 +4,7 @@
 //!
 //! | collection | one document per | |
 //! |---|---|---|
-//! | `runnel_versions` | version | `_id` = the version id, function, manifest text, component digest and size, first deploy time |
+//! | `runnel_versions` | version | `_id` = the version id, function, manifest text, component digest and size, first deploy time, signature and signer |
 //! | `runnel_chunks` | 255 KiB of a component | `_id` = `<component digest>/<n>`; shared by versions with the same component |
 //! | `runnel_functions` | function | the active version (none once undeployed), a `revision` that grows with every change, and the history of activations (the last 100) |
 //!
@@ -44,6 +44,12 @@ pub struct VersionDoc {
     pub size: i64,
     pub chunks: i32,
     pub deployed_at: DateTime,
+    /// The signature document it was deployed with (left out of listings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// The trusted key that signed it, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,8 +83,8 @@ impl VersionStore {
         }
     }
 
-    /// Keeps a version (its component in chunks); a version kept before is
-    /// left as it is.
+    /// Keeps a version (its component in chunks) and, if `signed`, its
+    /// signature and signer; a version kept before keeps its bytes.
     pub async fn put_version(
         &self,
         version: &str,
@@ -86,8 +92,14 @@ impl VersionStore {
         manifest: &str,
         component_digest: &str,
         component: &[u8],
+        signed: Option<(&str, &str)>,
     ) -> mongodb::error::Result<()> {
         if self.versions.find_one(doc! { "_id": version }).await?.is_some() {
+            if let Some((signature, signer)) = signed {
+                self.versions
+                    .update_one(doc! { "_id": version }, doc! { "$set": { "signature": signature, "signer": signer } })
+                    .await?;
+            }
             return Ok(());
         }
         let upsert = UpdateOptions::builder().upsert(true).build();
@@ -108,6 +120,8 @@ impl VersionStore {
             size: component.len() as i64,
             chunks,
             deployed_at: DateTime::now(),
+            signature: signed.map(|(s, _)| s.to_string()),
+            signer: signed.map(|(_, s)| s.to_string()),
         };
         let doc = bson::to_document(&doc).map_err(mongodb::error::Error::custom)?;
         self.versions
@@ -126,7 +140,7 @@ impl VersionStore {
     pub async fn versions_of(&self, function: &str) -> mongodb::error::Result<Vec<VersionDoc>> {
         self.versions
             .find(doc! { "function": function })
-            .projection(doc! { "manifest": 0 })
+            .projection(doc! { "manifest": 0, "signature": 0 })
             .sort(doc! { "deployedAt": -1 })
             .await?
             .try_collect()

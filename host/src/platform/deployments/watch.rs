@@ -28,7 +28,7 @@ pub fn watch_dir(deployer: Deployer, dir: PathBuf, mut stop: watch::Receiver<boo
             return;
         }
         for path in event.paths {
-            let wanted = path.extension().is_some_and(|e| e == "wasm" || e == "toml");
+            let wanted = path.extension().is_some_and(|e| e == "wasm" || e == "toml" || e == "sig");
             if let (true, Some(stem)) = (wanted, path.file_stem().and_then(|s| s.to_str())) {
                 let _ = tx.send(stem.to_string());
             }
@@ -60,14 +60,14 @@ async fn reload(deployer: &Deployer, dir: &Path, name: &str) {
     if !entry.manifest.exists() || !entry.component.exists() {
         return; // the other file is still to come
     }
-    let (text, bytes) = match read_entry(&entry) {
+    let (text, bytes, signature) = match read_entry(&entry) {
         Ok(files) => files,
         Err(e) => {
             tracing::warn!(function = name, "not reloaded: {e:#}");
             return;
         }
     };
-    match deployer.deploy(Some(name), &text, &bytes, "reload", false).await {
+    match deployer.deploy(Some(name), &text, &bytes, signature.as_deref(), "reload", false).await {
         Ok(deployed) => tracing::info!(function = name, version = ?deployed.version, activation = ?deployed.activation, "reloaded"),
         Err(e) => tracing::warn!(function = name, "not reloaded, the running version stays: {e}"),
     }
