@@ -343,3 +343,69 @@ async fn metrics_are_present_and_move_with_traffic() {
     })
     .await;
 }
+
+/// One trace id follows a PUT all the way: taken from the request's
+/// `traceparent`, it is in the HTTP access log line, in the Kafka headers
+/// of the event, on the function's log line, and in the mail's
+/// `Traceparent`; a request without one starts its own trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_id_follows_a_put_to_its_mail() {
+    use support::store_alert_flow::{DISTRIBUTION_LIST, create_store};
+    let servers = Servers::from_env();
+    let functions = servers.functions_dir.display().to_string();
+    let host = Host::start(
+        &servers,
+        &[("RUNNEL_FUNCTIONS_DIR", &functions), ("ALERT_DISTRIBUTION_LIST", DISTRIBUTION_LIST), ("RUNNEL_LOG_FORMAT", "json")],
+    )
+    .await;
+    let name = format!("Traced {}", uuid::Uuid::new_v4());
+    let mut store = create_store(&host, &name).await;
+    let id = store["id"].as_str().unwrap().to_string();
+
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let parent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    store["status"] = json!("CLOSED");
+    let r = host.client.put(host.url(&format!("/api/stores/{id}"))).header("traceparent", &parent).json(&store).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let answered = r.headers()["traceparent"].to_str().unwrap().to_string();
+    assert!(answered.starts_with(&format!("00-{trace_id}-")) && answered != parent, "{answered}");
+
+    // The event's Kafka headers.
+    let records = support::read_topic(&servers.kafka_brokers, "store-alerts-topic", Duration::from_secs(30), |records| {
+        records.iter().any(|r| r.key == id)
+    })
+    .await;
+    let event = records.iter().find(|r| r.key == id).unwrap();
+    let header = event.header("traceparent").unwrap_or_else(|| panic!("no traceparent on the event: {:?}", event.headers));
+    assert!(header.starts_with(&format!("00-{trace_id}-")), "{header}");
+
+    // The mail.
+    let subject = format!("Store Alert: {name}");
+    let mail = eventually(Duration::from_secs(30), "the alert mail", || {
+        let found = support::mails_with_subject(&servers.maildir, &subject);
+        async move { found.into_iter().next() }
+    })
+    .await;
+    assert!(mail.traceparent.starts_with(&format!("00-{trace_id}-")), "mail Traceparent: '{}'", mail.traceparent);
+
+    // The log lines: the access line of the PUT and the function's own line.
+    let lines: Vec<Value> = eventually(Duration::from_secs(10), "the function's log line", || {
+        let lines: Vec<Value> = host.log_text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let logged = lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains(&name) && m.contains("mailed")));
+        async move { logged.then_some(lines) }
+    })
+    .await;
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "runnel::access" && l["method"] == "PUT" && l["path"] == format!("/api/stores/{id}"))
+        .unwrap_or_else(|| panic!("no access line for the PUT"));
+    assert_eq!(access["trace_id"], trace_id.as_str(), "{access}");
+    assert_eq!(access["status"], 200, "{access}");
+    let function_line = lines.iter().find(|l| l["message"].as_str().is_some_and(|m| m.contains(&name) && m.contains("mailed"))).unwrap();
+    assert!(function_line.to_string().contains(&trace_id), "the function's line has no trace id: {function_line}");
+
+    // Without a traceparent, a request starts its own trace.
+    let r = host.client.get(host.url(&format!("/api/stores/{id}"))).send().await.unwrap();
+    let own = r.headers()["traceparent"].to_str().unwrap().to_string();
+    assert!(own.starts_with("00-") && !own.contains(&trace_id), "{own}");
+}

@@ -404,6 +404,8 @@ async fn main() {
             fresh.push(lost.rate(noop(&[&host], &probe, topic, false, n).await));
             if round == 0 && partitions == 1 {
                 rss_after = Some(host.rss_mib());
+                let parts: Vec<String> = host.rss_breakdown().iter().map(|(k, mib)| format!("{k} {mib:.1}")).collect();
+                eprintln!("RSS after {n} no-op records, MiB: {}", parts.join(", "));
             }
             reused.push(lost.rate(noop(&[&host], &probe, topic, true, n).await));
             eprintln!("no-op, {partitions} partition(s), round {round}: bare {:.0}/s, fresh {:.0}/s, reused {:.0}/s", bare[round], fresh[round], reused[round]);

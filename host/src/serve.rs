@@ -13,6 +13,7 @@ use crate::{
     platform::{
         admin::{self, AdminState},
         auth::{self, Auth, Oidc},
+        dashboard::{self, Dashboard},
         capabilities::{Services, mail::Mail},
         deployments::{Deployer, Registry, TriggerSettings, VersionStore},
         health::{self, Health},
@@ -123,7 +124,22 @@ async fn serve(
     let (outbox, mut relay) = Outbox::start(&database, relay_producer, &app::outbox_collections(), stop_rx.clone());
     metrics.set_sources(Arc::new(Sources { registry: registry.clone(), journal, outbox: outbox.clone(), runtime }));
 
-    let app = router(&config, database, outbox, AdminState { deployer: deployer.clone(), auth: auth.clone() }, auth, health, metrics);
+    let dashboard = Dashboard {
+        registry: registry.clone(),
+        panels: Arc::new(app::dashboard_panels(database.clone())),
+        interval: Duration::from_secs(1),
+        stop: stop_rx.clone(),
+    };
+    let app = router(
+        &config,
+        database,
+        outbox,
+        AdminState { deployer: deployer.clone(), auth: auth.clone() },
+        auth,
+        health,
+        metrics,
+        dashboard,
+    );
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let mut http_stop = stop_rx.clone();
@@ -226,10 +242,11 @@ fn router(
     auth: Auth,
     health: Health,
     metrics: Metrics,
+    dashboard: Dashboard,
 ) -> Router {
     let (app_router, mut doc) = app::api::router(app::api::AppState { database, outbox }, config.max_body_bytes);
     // Reads need a token of the issuer, writes its write role (when one is set).
-    let app_router = app_router.route_layer(axum::middleware::from_fn_with_state(auth, auth::data));
+    let app_router = app_router.route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::data));
     let (admin_router, admin_doc) = admin::router(admin, config.max_component_bytes);
     doc.merge(admin_doc);
     let (health_router, health_doc) = health::router(health);
@@ -249,12 +266,37 @@ fn router(
         vec![crate::platform::http::openapi::Op::new(utoipa::openapi::HttpMethod::Get, "metrics", "Prometheus metrics (OpenMetrics text)", "meta")
             .response(200, utoipa::openapi::ResponseBuilder::new().description("The metrics").build())],
     );
+    for (path, id, summary) in [
+        ("/ui", "dashboard", "The dashboard's page (static; its data comes from /ui/events)"),
+        ("/ui/", "dashboard_slash", "The same page"),
+        ("/ui/dashboard.js", "dashboard_script", "The dashboard's script"),
+        ("/ui/dashboard.css", "dashboard_style", "The dashboard's style"),
+    ] {
+        own = own.describe(
+            path,
+            vec![crate::platform::http::openapi::Op::new(utoipa::openapi::HttpMethod::Get, id, summary, "dashboard")
+                .response(200, utoipa::openapi::ResponseBuilder::new().description(summary).build())],
+        );
+    }
+    own = own.describe(
+        "/ui/events",
+        vec![crate::platform::http::openapi::Op::new(
+            utoipa::openapi::HttpMethod::Get,
+            "dashboard_events",
+            "Server-sent events: a snapshot of the functions on this host and the application's panels, every second",
+            "dashboard",
+        )
+        .response(200, utoipa::openapi::ResponseBuilder::new().description("text/event-stream of `snapshot` events").build())
+        .problem(401, "No bearer token while RUNNEL_ADMIN_TOKEN or RUNNEL_OIDC_ISSUER is set, or one that is not valid")
+        .problem(403, "A token without the admin role, or a client not on loopback when neither is set")],
+    );
     doc.merge(own.finish().1);
     let doc = Arc::new(doc);
     let counted = metrics.clone();
     app_router
         .merge(admin_router)
         .merge(health_router)
+        .merge(dashboard::router(dashboard, auth))
         .route("/openapi.json", get(move || {
             let doc = doc.clone();
             async move { Json(doc.as_ref().clone()) }
@@ -271,6 +313,8 @@ fn router(
             }
         })
         .method_not_allowed_fallback(method_not_allowed)
+        // Outermost: every request, routed or not, has a trace and an access line.
+        .layer(axum::middleware::from_fn(crate::platform::trace::http))
 }
 
 /// Where the metrics' gauges are read from, at each scrape.

@@ -66,6 +66,22 @@ PY
   fi
 }
 
+# Chromium and chromedriver from Debian's packages, for the dashboard's
+# browser test (installed once, with apt; as root or through sudo).
+runnel_install_chromium() {
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    command -v apt-get >/dev/null || die "Chromium is needed for the browser test: install chromium and chromedriver"
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    log "installing Debian's chromium and chromium-driver (the dashboard's browser test)"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium chromium-driver >&2
+  fi
+  RUNNEL_CHROMIUM=$(command -v chromium)
+  RUNNEL_CHROMEDRIVER=$(command -v chromedriver)
+  export RUNNEL_CHROMIUM RUNNEL_CHROMEDRIVER
+}
+
 # A TCP port on 127.0.0.1 that nothing listens on right now.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'

@@ -200,6 +200,7 @@ pub struct Mail {
     pub subject: String,
     pub body: String,
     pub message_id: String,
+    pub traceparent: String,
 }
 
 /// Every message in the Maildir whose subject is `subject`.
@@ -228,6 +229,7 @@ pub fn mails_where(maildir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<Mail> {
             subject: header("Subject"),
             body: parsed.get_body().unwrap_or_default(),
             message_id: header("Message-ID"),
+            traceparent: header("Traceparent"),
         });
     }
     mails

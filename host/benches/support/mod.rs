@@ -98,6 +98,39 @@ impl BenchHost {
         kib / 1024.0
     }
 
+    /// Where the resident memory is, from `/proc/<pid>/smaps`: MiB by kind
+    /// of mapping (the wasm pool is the only anonymous mapping of a GiB or
+    /// more; glibc's thread arenas start at a multiple of 64 MiB).
+    pub fn rss_breakdown(&self) -> Vec<(&'static str, f64)> {
+        let pid = self.child.id().expect("the host runs");
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut kinds: Vec<(&'static str, f64)> =
+            ["wasm pool", "malloc heap", "malloc arenas", "code and files", "stacks", "other anonymous"].map(|k| (k, 0.0)).to_vec();
+        let mut kind = "other anonymous";
+        for line in smaps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.first().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+                let (start, end) = fields[0].split_once('-').unwrap();
+                let start = u64::from_str_radix(start, 16).unwrap_or(0);
+                let size = u64::from_str_radix(end, 16).unwrap_or(0).saturating_sub(start);
+                let path = fields.get(5).copied().unwrap_or("");
+                kind = match path {
+                    "[heap]" => "malloc heap",
+                    p if p.starts_with("[stack") => "stacks",
+                    p if p.starts_with('/') => "code and files",
+                    "" if size >= 1 << 30 => "wasm pool",
+                    // glibc aligns its thread arenas to their 64 MiB reservation.
+                    "" if size <= 64 << 20 && start % (64 << 20) == 0 => "malloc arenas",
+                    _ => "other anonymous",
+                };
+            } else if fields.first() == Some(&"Rss:") {
+                let kib: f64 = fields[1].parse().unwrap_or(0.0);
+                kinds.iter_mut().find(|(k, _)| *k == kind).unwrap().1 += kib / 1024.0;
+            }
+        }
+        kinds
+    }
+
     pub async fn deploy(&self, name: &str, manifest: &str, component: &[u8]) {
         let form = reqwest::multipart::Form::new()
             .part("manifest", reqwest::multipart::Part::text(manifest.to_string()))

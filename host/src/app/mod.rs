@@ -22,3 +22,25 @@ pub fn topics() -> Vec<String> {
 pub fn outbox_collections() -> Vec<&'static str> {
     vec![storage::stores::COLLECTION, storage::persons::COLLECTION]
 }
+
+/// What the application adds to the dashboard: the latest store alerts.
+pub fn dashboard_panels(database: mongodb::Database) -> Vec<crate::platform::dashboard::Panel> {
+    let rows: crate::platform::dashboard::Rows = std::sync::Arc::new(move || {
+        let database = database.clone();
+        Box::pin(async move {
+            let alerts = storage::store_alerts::latest(&database, 10).await?;
+            Ok(alerts
+                .into_iter()
+                .map(|a| {
+                    let at = a.timestamp.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default();
+                    vec![a.store_name, a.store_status, at]
+                })
+                .collect())
+        })
+    });
+    vec![crate::platform::dashboard::Panel {
+        title: "Latest store alerts".into(),
+        columns: vec!["Store".into(), "Status".into(), "Time".into()],
+        rows,
+    }]
+}

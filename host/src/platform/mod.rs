@@ -12,15 +12,18 @@
 //! | [`deployments`] | manifests, versions in the database, the registry of supervised triggers |
 //! | [`admin`] | the `/admin` HTTP API |
 //! | [`auth`] | who may call what: OpenID Connect bearer tokens, roles, the admin token |
+//! | [`dashboard`] | `/ui`: the live dashboard (server-sent events) |
 //! | [`health`] | `/health/live` and `/health/ready` |
 //! | [`metrics`] | `/metrics`: Prometheus counters, histograms and gauges |
 //! | [`http`] | problem+json, request parsing, routes with their OpenAPI description |
 //! | [`storage`] | the database connection |
 //! | [`redact`] | secrets hidden from logs, errors and API output |
+//! | [`trace`] | W3C trace context from an HTTP request through Kafka to a function's log lines and mail |
 
 pub mod admin;
 pub mod auth;
 pub mod capabilities;
+pub mod dashboard;
 pub mod deployments;
 pub mod health;
 pub mod http;
@@ -32,6 +35,7 @@ pub mod redact;
 pub mod runtime;
 pub mod sandbox;
 pub mod storage;
+pub mod trace;
 
 #[cfg(test)]
 mod tests {

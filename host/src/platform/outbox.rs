@@ -73,8 +73,14 @@ impl Pending {
     pub fn new(event: &Event<'_>) -> Self {
         let id = uuid::Uuid::new_v4().to_string();
         let binary = |bytes: &[u8]| Bson::Binary(Binary { subtype: BinarySubtype::Generic, bytes: bytes.to_vec() });
-        let headers: Vec<Bson> =
+        let mut headers: Vec<Bson> =
             event.headers.iter().map(|(k, v)| Bson::Document(doc! { "k": *k, "v": binary(v) })).collect();
+        // The request's trace goes on with the event.
+        if let Some(trace) = super::trace::current()
+            && !event.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(super::trace::HEADER))
+        {
+            headers.push(Bson::Document(doc! { "k": super::trace::HEADER, "v": binary(trace.child().header().as_bytes()) }));
+        }
         let mut doc = doc! {
             "id": &id,
             "topic": event.topic,

@@ -24,6 +24,20 @@ pub struct StoreAlertDoc {
     pub timestamp: Option<Bson>,
 }
 
+/// The `n` latest alerts, by their timestamp.
+pub async fn latest(database: &mongodb::Database, n: i64) -> mongodb::error::Result<Vec<StoreAlert>> {
+    use futures::TryStreamExt;
+    let docs: Vec<StoreAlertDoc> = database
+        .collection::<StoreAlertDoc>(COLLECTION)
+        .find(mongodb::bson::doc! {})
+        .sort(mongodb::bson::doc! { "timestamp": -1 })
+        .limit(n)
+        .await?
+        .try_collect()
+        .await?;
+    Ok(docs.into_iter().map(StoreAlert::from).collect())
+}
+
 fn text(value: Option<Bson>) -> String {
     match value {
         Some(Bson::String(s)) => s,

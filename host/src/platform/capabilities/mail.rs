@@ -99,6 +99,10 @@ impl Mail {
             builder = builder.to(mailbox);
         }
         let message_id = id.map(|id| format!("<{id}.runnel@{}>", self.from.email.domain()));
+        // The trace of the record being handled, if any.
+        if let Some(trace) = crate::platform::trace::current() {
+            builder = builder.header(Traceparent(trace.header()));
+        }
         let message = builder
             .message_id(message_id)
             .header(ContentType::TEXT_PLAIN)
@@ -110,6 +114,25 @@ impl Mail {
             Ok(Err(e)) => Err(MailError::Unavailable(format!("cannot send mail: {e}"))),
             Err(_) => Err(MailError::Unavailable(format!("the SMTP server did not answer within {:?}", self.timeout))),
         }
+    }
+}
+
+/// The `Traceparent` header of a message: the trace of the record whose
+/// handling sent it.
+#[derive(Clone)]
+struct Traceparent(String);
+
+impl lettre::message::header::Header for Traceparent {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("Traceparent")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Traceparent(s.to_string()))
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), self.0.clone())
     }
 }
 

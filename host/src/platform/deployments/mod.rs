@@ -29,7 +29,7 @@ use anyhow::Context;
 pub use manifest::{Manifest, ManifestError};
 pub use registry::{Activation, FunctionStatus, Registry, TriggerSettings};
 pub use signing::{SignatureError, TrustedKeys};
-pub use status::{CounterSnapshot, FunctionState, Status};
+pub use status::{CounterSnapshot, FunctionState, Incident, PartitionLag, Status};
 pub use store::{FunctionDoc, HistoryEntry, VersionDoc, VersionStore};
 
 use crate::platform::{

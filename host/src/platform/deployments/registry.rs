@@ -23,7 +23,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{CounterSnapshot, Deployment, FunctionState, Manifest, Status};
+use super::{CounterSnapshot, Deployment, FunctionState, Incident, Manifest, PartitionLag, Status};
 use crate::platform::{
     journal::Journal,
     metrics::Metrics,
@@ -87,6 +87,10 @@ pub struct FunctionStatus {
     pub state: FunctionState,
     pub counters: CounterSnapshot,
     pub last_error: Option<String>,
+    /// Consumer lag of the partitions this host owns.
+    pub lag: Vec<PartitionLag>,
+    /// The latest errors and dead letters, newest first.
+    pub recent: Vec<Incident>,
 }
 
 struct Slot {
@@ -310,6 +314,13 @@ impl Registry {
         self.slots().get(name).map(snapshot)
     }
 
+    /// Every function running (or trying to) on this host, by name.
+    pub fn statuses(&self) -> Vec<FunctionStatus> {
+        let mut all: Vec<FunctionStatus> = self.slots().values().map(snapshot).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
     /// (function, topic, partition, lag) of every partition consumed here.
     pub fn lag(&self) -> Vec<(String, String, i32, i64)> {
         let slots = self.slots();
@@ -333,6 +344,8 @@ fn snapshot(slot: &Slot) -> FunctionStatus {
         state: slot.status.state(),
         counters: slot.status.counters(),
         last_error: slot.status.last_error(),
+        lag: slot.status.lag().into_iter().map(|(partition, lag)| PartitionLag { partition, lag }).collect(),
+        recent: slot.status.incidents(),
     }
 }
 

@@ -1,9 +1,12 @@
 //! How each deployment is doing: its state and counters, updated by its
 //! trigger and read by the admin API.
 
-use std::sync::{
-    Mutex,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use serde::Serialize;
@@ -59,6 +62,30 @@ pub struct Counters {
     pub revocations: AtomicU64,
 }
 
+/// Incidents kept per function (the newest).
+const INCIDENTS_KEPT: usize = 20;
+
+/// Something that went wrong with one record: a failure, a bad input, a
+/// dead letter, giving up.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Incident {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// `trap`, `bad-input`, `give-up`, `not-started` or `dead-letter`.
+    pub kind: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub detail: String,
+}
+
+/// A partition's consumer lag.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionLag {
+    pub partition: i32,
+    pub lag: i64,
+}
+
 #[derive(Debug)]
 pub struct Status {
     name: String,
@@ -70,6 +97,8 @@ pub struct Status {
     pub counters: Counters,
     /// Consumer lag by partition, as the trigger last saw it.
     lag: Mutex<Vec<(i32, i64)>>,
+    /// The latest incidents, newest first.
+    incidents: Mutex<VecDeque<Incident>>,
 }
 
 /// The counters as the admin API shows them.
@@ -96,7 +125,26 @@ impl Status {
             last_error: Mutex::new(None),
             counters: Counters::default(),
             lag: Mutex::new(Vec::new()),
+            incidents: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Notes an incident (the last [`INCIDENTS_KEPT`] are kept).
+    pub fn note(&self, kind: &str, partition: i32, offset: i64, detail: &str) {
+        let mut incidents = self.incidents.lock().unwrap_or_else(|e| e.into_inner());
+        incidents.push_front(Incident {
+            at: chrono::Utc::now(),
+            kind: kind.to_string(),
+            partition,
+            offset,
+            detail: detail.chars().take(500).collect(),
+        });
+        incidents.truncate(INCIDENTS_KEPT);
+    }
+
+    /// The latest incidents, newest first.
+    pub fn incidents(&self) -> Vec<Incident> {
+        self.incidents.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     pub fn name(&self) -> &str {

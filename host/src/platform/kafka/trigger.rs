@@ -75,7 +75,9 @@ use crate::platform::{
     journal::{Journal, KEPT_DEAD_LETTERED, MARK_STEP, RecordKey},
     metrics::{Metrics, VersionMetrics},
     runtime::{HandlerError, Header, Message, Outcome},
+    trace::{self, TraceContext},
 };
+use tracing::Instrument;
 
 /// How often librdkafka reports the consumer's statistics (its lag).
 const STATISTICS_INTERVAL_MS: &str = "1000";
@@ -635,7 +637,12 @@ impl Worker {
             if !fence.enter() {
                 return (message.key, Step::Revoked);
             }
-            let step = handler.process(&message, new_record, &mut fence).await;
+            // The record's trace (from its `traceparent`, or a new one) tags
+            // the host's and the function's log lines and its effects.
+            let trace = TraceContext::from_headers(message.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())))
+                .map_or_else(TraceContext::root, |parent| parent.child());
+            let span = tracing::info_span!("record", trace_id = %trace.trace_id(), partition = message.partition, offset = message.offset);
+            let step = trace::scope(trace, handler.process(&message, new_record, &mut fence)).instrument(span).await;
             if let Step::Done = step {
                 // Stored once this record and every one before it is done,
                 // before the try ends (a revocation commits what is stored),
@@ -894,12 +901,14 @@ impl Handler {
                 }
                 Outcome::Declined(HandlerError::BadInput(reason)) => {
                     tracing::warn!(function = %name, version, offset, "bad input: {reason}");
+                    self.status.note("bad-input", message.partition, offset, &reason);
                     self.status.set_last_error(format!("bad input at offset {offset}: {reason}"));
                     let reason = format!("bad input: {reason}");
                     return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence).await;
                 }
                 Outcome::Declined(HandlerError::GiveUp(reason)) => {
                     tracing::error!(function = %name, version, offset, "gave up: {reason}");
+                    self.status.note("give-up", message.partition, offset, &reason);
                     if self.swapped_meanwhile() {
                         continue;
                     }
@@ -907,6 +916,7 @@ impl Handler {
                 }
                 Outcome::NotStarted(e) => {
                     tracing::error!(function = %name, version, "cannot start: {e:#}");
+                    self.status.note("not-started", message.partition, offset, &format!("{e:#}"));
                     if self.swapped_meanwhile() {
                         continue;
                     }
@@ -933,6 +943,7 @@ impl Handler {
                     self.status.count(|c| &c.failed);
                     let reason = format!("{error:#}");
                     tracing::error!(function = %name, version, offset, failures, "failed: {reason}");
+                    self.status.note("trap", message.partition, offset, &reason);
                     self.status.set_last_error(format!("failed at offset {offset}: {reason}"));
                     if failures >= policy.failures {
                         let reason = format!("failed {failures} times: {reason}");
@@ -969,6 +980,7 @@ impl Handler {
                         function = self.status.name(), version = short(version), partition = message.partition,
                         offset = message.offset, attempts, "dead-lettered: {reason}"
                     );
+                    self.status.note("dead-letter", message.partition, message.offset, reason);
                     return Step::Done;
                 }
                 Err(e) => tracing::warn!(
