@@ -409,3 +409,117 @@ async fn one_trace_id_follows_a_put_to_its_mail() {
     let own = r.headers()["traceparent"].to_str().unwrap().to_string();
     assert!(own.starts_with("00-") && !own.contains(&trace_id), "{own}");
 }
+
+/// With an OTLP endpoint set, the spans of a PUT and of the record its
+/// event became reach the collector (protobuf over HTTP, the default): the
+/// request's span continues the caller's `traceparent`, the record's span
+/// is its child in the same trace, and the resource names the service.
+/// Settings the exporter cannot use stop the start, naming the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    use std::sync::{Arc, Mutex};
+    use support::store_alert_flow::{DISTRIBUTION_LIST, create_store};
+
+    // A collector on loopback: keeps every export it is sent.
+    let received: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
+    let kept = received.clone();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                assert_eq!(headers["content-type"], "application/x-protobuf");
+                let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
+                kept.lock().unwrap().push(request);
+                ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await.unwrap() });
+
+    // Servers of its own: on shared ones, another test's host in the same
+    // group could take the record, and export its span elsewhere.
+    let own = OwnServers::start().await;
+    let servers = &own.servers;
+    let functions = servers.functions_dir.display().to_string();
+    let host = Host::start(
+        servers,
+        &[
+            ("RUNNEL_FUNCTIONS_DIR", &functions),
+            ("ALERT_DISTRIBUTION_LIST", DISTRIBUTION_LIST),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let name = format!("Exported {}", uuid::Uuid::new_v4());
+    let mut store = create_store(&host, &name).await;
+    let id = store["id"].as_str().unwrap().to_string();
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let caller = "00f067aa0ba902b7";
+    store["status"] = json!("CLOSED");
+    let r = host
+        .client
+        .put(host.url(&format!("/api/stores/{id}")))
+        .header("traceparent", format!("00-{trace_id}-{caller}-01"))
+        .json(&store)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let attribute = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.clone()).map(|v| format!("{:?}", v.value))
+    };
+    // SERVER is 2, CONSUMER is 5 in OTLP.
+    let (service, server, consumer) = eventually(Duration::from_secs(30), "the request's and the record's spans", || {
+        let requests = received.lock().unwrap().clone();
+        let mut found = (None, None, None);
+        for resource_spans in &requests {
+            for span in resource_spans.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
+                if hex(&span.trace_id) != trace_id {
+                    continue;
+                }
+                if span.kind == 2 {
+                    found.0 = resource_spans.resource_spans[0].resource.as_ref().and_then(|r| {
+                        r.attributes.iter().find(|a| a.key == "service.name").map(|a| format!("{:?}", a.value))
+                    });
+                    found.1 = Some(span.clone());
+                } else if span.kind == 5 {
+                    found.2 = Some(span.clone());
+                }
+            }
+        }
+        let found = match found {
+            (service, Some(server), Some(consumer)) => Some((service, server, consumer)),
+            _ => None,
+        };
+        async move { found }
+    })
+    .await;
+    assert!(service.is_some_and(|s| s.contains("\"runnel\"")), "the resource names another service");
+    assert_eq!(server.name, "PUT /api/stores/{id}");
+    assert_eq!(hex(&server.parent_span_id), caller, "the request's span continues the caller's");
+    assert!(attribute(&server, "http.response.status_code").is_some_and(|v| v.contains("200")), "{server:?}");
+    assert_eq!(consumer.name, "process store-alerts-topic");
+    assert_eq!(consumer.parent_span_id, server.span_id, "the record's span is the request's child");
+    assert!(attribute(&consumer, "runnel.function").is_some_and(|v| v.contains("store-alert-to-email")), "{consumer:?}");
+    assert!(attribute(&consumer, "runnel.outcome").is_some_and(|v| v.contains("done")), "{consumer:?}");
+    assert!(consumer.end_time_unix_nano >= consumer.start_time_unix_nano && consumer.start_time_unix_nano >= server.start_time_unix_nano);
+    drop(host);
+
+    let grpc = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+    let no_scheme = [("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")];
+    for (env, says) in [
+        (&grpc[..], "OTEL_EXPORTER_OTLP_PROTOCOL: grpc is not built in"),
+        (&no_scheme[..], "OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318' is not an http"),
+    ] {
+        let stderr = start_failing(servers, env).await;
+        assert!(stderr.contains(says), "{env:?}: {stderr}");
+    }
+}

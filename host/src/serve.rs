@@ -23,7 +23,7 @@ use crate::{
         kafka::{self, EventProducer},
         outbox::Outbox,
         runtime::{Limits, Runtime},
-        storage,
+        storage, trace,
     },
 };
 
@@ -34,6 +34,7 @@ const OUTBOX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Starts everything `config` asks for and serves until `shutdown` resolves
 /// (or the HTTP server fails), then stops in order.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let spans = trace::otlp::Exporter::from_env(tokio::runtime::Handle::current())?;
     let database = storage::connect(&config.mongodb_uri, &config.mongodb_database, config.connect_timeout).await?;
     let client = database.client().clone();
     let result = serve(config, database, shutdown).await;
@@ -41,6 +42,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // the database then gets an error, not a panic in the driver.
     if tokio::time::timeout(Duration::from_secs(5), client.shutdown().immediate(true)).await.is_err() {
         tracing::warn!("the database client did not shut down within 5 s");
+    }
+    if let Some(spans) = spans {
+        let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
     }
     result
 }
@@ -304,6 +308,7 @@ fn router(
         .route("/metrics", get(metrics::serve).with_state(metrics.clone()))
         // Every route above is counted by its template.
         .route_layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .route_layer(axum::middleware::from_fn(trace::route))
         .fallback(move |request: Request| {
             let (metrics, started, method) = (counted.clone(), std::time::Instant::now(), request.method().to_string());
             async move {
@@ -314,7 +319,7 @@ fn router(
         })
         .method_not_allowed_fallback(method_not_allowed)
         // Outermost: every request, routed or not, has a trace and an access line.
-        .layer(axum::middleware::from_fn(crate::platform::trace::http))
+        .layer(axum::middleware::from_fn(trace::http))
 }
 
 /// Where the metrics' gauges are read from, at each scrape.

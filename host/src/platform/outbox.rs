@@ -75,11 +75,12 @@ impl Pending {
         let binary = |bytes: &[u8]| Bson::Binary(Binary { subtype: BinarySubtype::Generic, bytes: bytes.to_vec() });
         let mut headers: Vec<Bson> =
             event.headers.iter().map(|(k, v)| Bson::Document(doc! { "k": *k, "v": binary(v) })).collect();
-        // The request's trace goes on with the event.
+        // The request's trace goes on with the event, whose parent is the
+        // request's span (so a collector links the record's span to it).
         if let Some(trace) = super::trace::current()
             && !event.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(super::trace::HEADER))
         {
-            headers.push(Bson::Document(doc! { "k": super::trace::HEADER, "v": binary(trace.child().header().as_bytes()) }));
+            headers.push(Bson::Document(doc! { "k": super::trace::HEADER, "v": binary(trace.header().as_bytes()) }));
         }
         let mut doc = doc! {
             "id": &id,

@@ -54,7 +54,7 @@ use std::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use rdkafka::{
@@ -639,10 +639,14 @@ impl Worker {
             }
             // The record's trace (from its `traceparent`, or a new one) tags
             // the host's and the function's log lines and its effects.
-            let trace = TraceContext::from_headers(message.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())))
-                .map_or_else(TraceContext::root, |parent| parent.child());
+            let parent = TraceContext::from_headers(message.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())));
+            let trace = parent.map_or_else(TraceContext::root, |parent| parent.child());
             let span = tracing::info_span!("record", trace_id = %trace.trace_id(), partition = message.partition, offset = message.offset);
+            let since = trace::otlp::enabled().then(SystemTime::now);
             let step = trace::scope(trace, handler.process(&message, new_record, &mut fence)).instrument(span).await;
+            if let Some(since) = since {
+                handler.export_span(&message, trace, parent, since, &step);
+            }
             if let Step::Done = step {
                 // Stored once this record and every one before it is done,
                 // before the try ends (a revocation commits what is stored),
@@ -816,6 +820,37 @@ impl Handler {
     /// the record is run again on it rather than the trigger stopping.
     fn swapped_meanwhile(&self) -> bool {
         self.deployment.has_changed().unwrap_or(false)
+    }
+
+    /// Exports the span of `message`'s run (all its tries), which ended in `step`.
+    fn export_span(&self, message: &Message, context: TraceContext, parent: Option<TraceContext>, start: SystemTime, step: &Step) {
+        use opentelemetry::KeyValue;
+        let (outcome, error) = match step {
+            Step::Done => ("done", None),
+            Step::Revoked => ("revoked", None),
+            Step::Stop(FunctionState::Failed { reason }) => ("failed", Some(reason.clone())),
+            Step::Stop(_) => ("stopped", None),
+        };
+        let version = self.deployment.borrow().version.clone();
+        trace::otlp::Finished {
+            name: format!("process {}", message.topic).into(),
+            kind: opentelemetry::trace::SpanKind::Consumer,
+            context,
+            parent,
+            start,
+            attributes: vec![
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.destination.name", message.topic.clone()),
+                KeyValue::new("messaging.destination.partition.id", message.partition.to_string()),
+                KeyValue::new("messaging.kafka.offset", message.offset),
+                KeyValue::new("runnel.function", self.status.name().to_string()),
+                KeyValue::new("runnel.version", version),
+                KeyValue::new("runnel.outcome", outcome),
+            ],
+            error,
+        }
+        .export();
     }
 
     /// Runs one record through the function until it may be committed.

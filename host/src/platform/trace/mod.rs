@@ -12,16 +12,23 @@
 //!   lines carry it, and mail the function sends has a `Traceparent` header.
 //!
 //! The context of what runs now is a task-local: [`scope`] sets it,
-//! [`current`] reads it.
+//! [`current`] reads it. With an OTLP endpoint set, the request and record
+//! spans are also exported ([`otlp`]).
 
-use std::{fmt::Write, time::Instant};
+pub mod otlp;
+
+use std::{
+    fmt::Write,
+    time::{Instant, SystemTime},
+};
 
 use axum::{
-    extract::Request,
+    extract::{MatchedPath, Request},
     http::HeaderValue,
     middleware::Next,
     response::Response,
 };
+use opentelemetry::{KeyValue, trace::SpanKind};
 use tracing::Instrument;
 
 /// The header's name, in HTTP and in Kafka records.
@@ -131,7 +138,7 @@ pub async fn http(request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let trace_id = context.trace_id();
     let span = tracing::info_span!("request", trace_id = %trace_id);
-    let started = Instant::now();
+    let (started, since) = (Instant::now(), SystemTime::now());
     let mut response = scope(context, next.run(request)).instrument(span.clone()).await;
     if let Ok(value) = HeaderValue::from_str(&context.header()) {
         response.headers_mut().insert(HEADER, value);
@@ -141,6 +148,47 @@ pub async fn http(request: Request, next: Next) -> Response {
     span.in_scope(|| {
         tracing::info!(target: "runnel::access", %method, path, status, duration_ms = format!("{millis:.1}"), trace_id, "{method} {path} {status}");
     });
+    if otlp::enabled() {
+        let route = response.extensions().get::<Route>().map(|r| r.0.as_str().to_string());
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.path", path),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+        ];
+        let name = match route {
+            Some(route) => {
+                let name = format!("{method} {route}");
+                attributes.push(KeyValue::new("http.route", route));
+                name
+            }
+            None => method.to_string(),
+        };
+        otlp::Finished {
+            name: name.into(),
+            kind: SpanKind::Server,
+            context,
+            parent: incoming,
+            start: since,
+            attributes,
+            error: (status >= 500).then(|| format!("answered {status}")),
+        }
+        .export();
+    }
+    response
+}
+
+/// The route template a response was routed by, for its span's name.
+#[derive(Clone)]
+struct Route(MatchedPath);
+
+/// HTTP route layer: hands the route template to [`http`] (which runs
+/// before routing) in the response's extensions.
+pub async fn route(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(Route(route));
+    }
     response
 }
 
