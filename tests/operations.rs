@@ -422,17 +422,20 @@ async fn spans_reach_an_otlp_collector() {
     use std::sync::{Arc, Mutex};
     use support::store_alert_flow::{DISTRIBUTION_LIST, create_store};
 
-    // A collector on loopback: keeps every export it is sent.
-    let received: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
+    // A collector on loopback: keeps every export it is sent, with its
+    // content type (checked below, not in the handler, where a failed
+    // assertion would only look like a missing export).
+    type Received = Arc<Mutex<Vec<(String, Result<ExportTraceServiceRequest, String>)>>>;
+    let received: Received = Arc::default();
     let kept = received.clone();
     let collector = axum::Router::new().route(
         "/v1/traces",
         axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
             let kept = kept.clone();
             async move {
-                assert_eq!(headers["content-type"], "application/x-protobuf");
-                let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
-                kept.lock().unwrap().push(request);
+                let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let request = ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string());
+                kept.lock().unwrap().push((content_type, request));
                 ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
             }
         }),
@@ -471,15 +474,26 @@ async fn spans_reach_an_otlp_collector() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // And a record the function refuses (bad input), in the same trace.
+    let bad_parent = "00f067aa0ba902b8";
+    support::produce(&servers.kafka_brokers, "store-alerts-topic", None, "not-json", b"{ not json", &[("traceparent", &format!("00-{trace_id}-{bad_parent}-01"))]).await;
 
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let attribute = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
         span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.clone()).map(|v| format!("{:?}", v.value))
     };
     // SERVER is 2, CONSUMER is 5 in OTLP.
-    let (service, server, consumer) = eventually(Duration::from_secs(30), "the request's and the record's spans", || {
-        let requests = received.lock().unwrap().clone();
-        let mut found = (None, None, None);
+    let (service, server, consumer, refused) = eventually(Duration::from_secs(30), "the request's and the records' spans", || {
+        let requests: Vec<ExportTraceServiceRequest> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(content_type, request)| {
+                assert_eq!(content_type, "application/x-protobuf");
+                request.clone().expect("an OTLP protobuf export")
+            })
+            .collect();
+        let mut found = (None, None, None, None);
         for resource_spans in &requests {
             for span in resource_spans.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
                 if hex(&span.trace_id) != trace_id {
@@ -490,13 +504,15 @@ async fn spans_reach_an_otlp_collector() {
                         r.attributes.iter().find(|a| a.key == "service.name").map(|a| format!("{:?}", a.value))
                     });
                     found.1 = Some(span.clone());
+                } else if span.kind == 5 && hex(&span.parent_span_id) == bad_parent {
+                    found.3 = Some(span.clone());
                 } else if span.kind == 5 {
                     found.2 = Some(span.clone());
                 }
             }
         }
         let found = match found {
-            (service, Some(server), Some(consumer)) => Some((service, server, consumer)),
+            (service, Some(server), Some(consumer), Some(refused)) => Some((service, server, consumer, refused)),
             _ => None,
         };
         async move { found }
@@ -509,17 +525,28 @@ async fn spans_reach_an_otlp_collector() {
     assert_eq!(consumer.name, "process store-alerts-topic");
     assert_eq!(consumer.parent_span_id, server.span_id, "the record's span is the request's child");
     assert!(attribute(&consumer, "runnel.function").is_some_and(|v| v.contains("store-alert-to-email")), "{consumer:?}");
-    assert!(attribute(&consumer, "runnel.outcome").is_some_and(|v| v.contains("done")), "{consumer:?}");
+    assert!(attribute(&consumer, "runnel.outcome").is_some_and(|v| v.contains("\"handled\"")), "{consumer:?}");
+    assert_eq!(consumer.status.as_ref().map_or(0, |s| s.code), 0, "a handled record's span is not an error: {consumer:?}");
+    // The refused record's span says it was dead-lettered, as an error with the reason.
+    assert!(attribute(&refused, "runnel.outcome").is_some_and(|v| v.contains("dead-lettered")), "{refused:?}");
+    let status = refused.status.clone().unwrap_or_default();
+    assert!(status.code == 2 && status.message.contains("bad input"), "{refused:?}");
     assert!(consumer.end_time_unix_nano >= consumer.start_time_unix_nano && consumer.start_time_unix_nano >= server.start_time_unix_nano);
     drop(host);
 
     let grpc = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+    let gzip = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")];
     let no_scheme = [("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")];
+    let secret = format!("grpcs://collector:{SECRET}@collector:4317");
+    let with_secret = [("OTEL_EXPORTER_OTLP_ENDPOINT", secret.as_str())];
     for (env, says) in [
         (&grpc[..], "OTEL_EXPORTER_OTLP_PROTOCOL: grpc is not built in"),
+        (&gzip[..], "OTEL_EXPORTER_OTLP_COMPRESSION: 'gzip' is not built in"),
         (&no_scheme[..], "OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318' is not an http"),
+        (&with_secret[..], "OTEL_EXPORTER_OTLP_ENDPOINT: 'grpcs://collector:***@collector:4317' is not an http"),
     ] {
         let stderr = start_failing(servers, env).await;
         assert!(stderr.contains(says), "{env:?}: {stderr}");
+        assert!(!stderr.contains(SECRET), "{stderr}");
     }
 }

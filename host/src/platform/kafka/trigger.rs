@@ -588,7 +588,7 @@ impl Worker {
                         busy_keys.remove(&key);
                     }
                     match step {
-                        Step::Done => {}
+                        Step::Done(_) => {}
                         Step::Revoked | Step::Stop(FunctionState::Stopped) => taking = false,
                         Step::Stop(state) => {
                             taking = false;
@@ -647,7 +647,7 @@ impl Worker {
             if let Some(since) = since {
                 handler.export_span(&message, trace, parent, since, &step);
             }
-            if let Step::Done = step {
+            if let Step::Done(_) = step {
                 // Stored once this record and every one before it is done,
                 // before the try ends (a revocation commits what is stored),
                 // in order (under the window's lock); librdkafka drops what
@@ -790,11 +790,20 @@ struct Handler {
 
 enum Step {
     /// The record may be committed.
-    Done,
+    Done(Done),
     /// The partition was taken away between two tries: its next owner has
     /// the record.
     Revoked,
     Stop(FunctionState),
+}
+
+/// How a record that may be committed ended.
+enum Done {
+    Handled,
+    /// Skipped by the manifest's filter.
+    Filtered,
+    /// Copied to the dead-letter topic, for this reason.
+    DeadLettered(String),
 }
 
 impl Handler {
@@ -826,12 +835,18 @@ impl Handler {
     fn export_span(&self, message: &Message, context: TraceContext, parent: Option<TraceContext>, start: SystemTime, step: &Step) {
         use opentelemetry::KeyValue;
         let (outcome, error) = match step {
-            Step::Done => ("done", None),
+            Step::Done(Done::Handled) => ("handled", None),
+            Step::Done(Done::Filtered) => ("filtered", None),
+            Step::Done(Done::DeadLettered(reason)) => ("dead-lettered", Some(reason.clone())),
             Step::Revoked => ("revoked", None),
             Step::Stop(FunctionState::Failed { reason }) => ("failed", Some(reason.clone())),
             Step::Stop(_) => ("stopped", None),
         };
-        let version = self.deployment.borrow().version.clone();
+        // The version that ran it last (the one deployed now, if none did).
+        let version = match &self.version_metrics {
+            Some(m) => m.version().to_string(),
+            None => self.deployment.borrow().version.clone(),
+        };
         trace::otlp::Finished {
             name: format!("process {}", message.topic).into(),
             kind: opentelemetry::trace::SpanKind::Consumer,
@@ -862,7 +877,7 @@ impl Handler {
         {
             self.status.count(|c| &c.filtered);
             self.counters_of(&deployment.version).filtered.inc();
-            return Step::Done;
+            return Step::Done(Done::Filtered);
         }
         let name: Arc<str> = Arc::from(self.status.name());
         let event_id = message
@@ -932,7 +947,7 @@ impl Handler {
                 Outcome::Handled => {
                     calls.handled().await;
                     self.status.count(|c| &c.handled);
-                    return Step::Done;
+                    return Step::Done(Done::Handled);
                 }
                 Outcome::Declined(HandlerError::BadInput(reason)) => {
                     tracing::warn!(function = %name, version, offset, "bad input: {reason}");
@@ -1016,7 +1031,7 @@ impl Handler {
                         offset = message.offset, attempts, "dead-lettered: {reason}"
                     );
                     self.status.note("dead-letter", message.partition, message.offset, reason);
-                    return Step::Done;
+                    return Step::Done(Done::DeadLettered(reason.to_string()));
                 }
                 Err(e) => tracing::warn!(
                     function = self.status.name(), offset = message.offset, ?backoff,

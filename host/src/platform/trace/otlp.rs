@@ -10,11 +10,10 @@
 //! full queue drops spans, it never waits), and without an endpoint it
 //! costs one atomic load.
 //!
-//! The exporter reads the standard variables itself (`…_PROTOCOL`
-//! `http/protobuf` or `http/json`, `…_HEADERS`, `…_TIMEOUT`,
-//! `…_COMPRESSION`, `OTEL_BSP_*`, `OTEL_SERVICE_NAME`,
-//! `OTEL_RESOURCE_ATTRIBUTES`); gRPC is not built in and is refused at
-//! start.
+//! The standard variables apply (`…_PROTOCOL` `http/protobuf` or
+//! `http/json`, `…_HEADERS`, `…_TIMEOUT`, `OTEL_BSP_*`,
+//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`); gRPC and compression
+//! are not built in and are refused at start.
 
 use std::{
     borrow::Cow,
@@ -38,6 +37,7 @@ use opentelemetry_sdk::{
 };
 
 use super::TraceContext;
+use crate::platform::redact;
 
 /// The processor spans go to, once [`Exporter::from_env`] made one.
 static PROCESSOR: OnceLock<BatchSpanProcessor> = OnceLock::new();
@@ -48,10 +48,14 @@ const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+const TRACES_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION";
 
 /// The running export; [`Exporter::shutdown`] sends what is queued.
 pub struct Exporter {
     endpoint: String,
+    /// One export's time limit.
+    timeout: Duration,
 }
 
 impl fmt::Debug for Exporter {
@@ -78,9 +82,21 @@ impl Exporter {
             (None, None) => return Ok(None),
         };
         let url = reqwest::Url::parse(&endpoint).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
-        let Some(url) = url else {
-            bail!("{variable}: '{endpoint}' is not an http:// or https:// URL");
+        let Some(mut url) = url else {
+            bail!("{variable}: '{}' is not an http:// or https:// URL", redact::url(&endpoint));
         };
+        // The base endpoint gets the signal's path; the traces one is used
+        // as it is. Given to the exporter whole, so that it never reads the
+        // variables' raw values itself.
+        if variable == ENDPOINT {
+            let path = format!("{}/v1/traces", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+        }
+        for variable in [TRACES_COMPRESSION, COMPRESSION] {
+            if let Some(compression) = set(variable).filter(|c| c != "none") {
+                bail!("{variable}: '{compression}' is not built in; spans are sent uncompressed (none)");
+            }
+        }
         for variable in [TRACES_PROTOCOL, PROTOCOL] {
             match set(variable).as_deref() {
                 None => continue,
@@ -102,6 +118,8 @@ impl Exporter {
         let client = Client { inner, handle };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_endpoint(url.as_str())
+            .with_timeout(timeout)
             .with_protocol(if json { Protocol::HttpJson } else { Protocol::HttpBinary })
             .with_http_client(client)
             .build()
@@ -119,15 +137,16 @@ impl Exporter {
         // The origin only: a path could hold a token.
         let endpoint = url.origin().ascii_serialization();
         tracing::info!(endpoint, "exporting spans over OTLP");
-        Ok(Some(Exporter { endpoint }))
+        Ok(Some(Exporter { endpoint, timeout }))
     }
 
-    /// Sends the spans still queued (bounded by `OTEL_BSP_EXPORT_TIMEOUT`)
-    /// and stops the export thread. Blocks: call it off the runtime's
-    /// workers.
+    /// Sends the spans still queued and stops the export thread, waiting at
+    /// most one export's time limit (and a second): spans still queued
+    /// behind an export to a collector that does not answer are dropped.
+    /// Blocks: call it off the runtime's workers.
     pub fn shutdown(self) {
         if let Some(processor) = PROCESSOR.get()
-            && let Err(e) = processor.shutdown()
+            && let Err(e) = processor.shutdown_with_timeout(self.timeout + Duration::from_secs(1))
         {
             tracing::warn!(endpoint = self.endpoint, "spans not all exported at shutdown: {e}");
         }
