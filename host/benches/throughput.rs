@@ -18,7 +18,9 @@
 //! and the servers' RUNNEL_* variables; RUNNEL_BENCH_RECORDS (default 100000)
 //! sets the records of the no-op runs, RUNNEL_BENCH_ROWS (a comma-separated
 //! list of `start`, `noop`, `languages`, `hosts`, `p2c`, `get`, `latency`;
-//! default all) the rows measured.
+//! default all) the rows measured, RUNNEL_BENCH_IN_FLIGHT (default 8) the
+//! no-op function's `max-in-flight`, RUNNEL_BENCH_LOG (default `warn`) the
+//! hosts' RUNNEL_LOG.
 
 mod support;
 
@@ -125,7 +127,9 @@ async fn bare_consumer(topic: &str, n: u64) -> f64 {
 }
 
 fn noop_manifest(name: &str, topic: &str, reuse: bool) -> String {
-    let mut manifest = format!("name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\ngroup = '{}'\nmax-in-flight = 8\n", unique(name));
+    let in_flight: u32 = std::env::var("RUNNEL_BENCH_IN_FLIGHT").map_or(8, |v| v.parse().expect("RUNNEL_BENCH_IN_FLIGHT: a number"));
+    let mut manifest =
+        format!("name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\ngroup = '{}'\nmax-in-flight = {in_flight}\n", unique(name));
     if reuse {
         manifest.push_str("[reuse]\nmax-messages = 100000\nmax-seconds = 600\n");
     }

@@ -60,7 +60,7 @@ impl BenchHost {
         command
             .env("RUNNEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("RUNNEL_MONGODB_DATABASE", database)
-            .env("RUNNEL_LOG", "warn")
+            .env("RUNNEL_LOG", std::env::var("RUNNEL_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .kill_on_drop(true);
         for (k, v) in vars {

@@ -72,7 +72,7 @@ use tokio::{
 use super::{Cluster, Event, EventProducer, dead_letter_topic};
 use crate::platform::{
     deployments::{Deployment, FunctionState, Status},
-    journal::{Journal, KEPT_DEAD_LETTERED, MARK_STEP, RecordKey},
+    journal::{Journal, JournalUnavailable, KEPT_DEAD_LETTERED, MARK_STEP, RecordKey},
     metrics::{Metrics, VersionMetrics},
     runtime::{HandlerError, Header, Message, Outcome},
     trace::{self, TraceContext},
@@ -550,10 +550,7 @@ impl Worker {
     /// partition is revoked, or the function cannot go on; then waits for
     /// the records running.
     async fn run(mut self, mut queue: mpsc::Receiver<Message>, flags: Arc<WorkerFlags>) {
-        // Below `reread_below`, a record may have been started by an earlier
-        // owner of the partition: its journal is read. `mark` is how far this
-        // worker raised the partition's mark.
-        let (mut reread_below, mut mark) = (None, None);
+        let mut mark = Mark::default();
         let window = Arc::new(Mutex::new(Window::default()));
         // Taken and not started (a record of its key runs, or every slot is
         // taken), in offset order, with whether each is new.
@@ -605,7 +602,7 @@ impl Worker {
                     // Outside the call fence: a revocation need not wait for
                     // the journal; a mark raised by a revoked worker only
                     // makes the next owner read more journals.
-                    match self.ensure_mark(&message, &flags, &mut reread_below, &mut mark).await {
+                    match self.ensure_mark(&message, &flags, &mut mark).await {
                         Some(new_record) => {
                             window.lock().unwrap_or_else(|e| e.into_inner()).take(message.offset);
                             waiting.push_back((message, new_record));
@@ -728,37 +725,78 @@ impl Drop for Fence {
     }
 }
 
+/// A worker's view of its partition's journal mark.
+#[derive(Default)]
+struct Mark {
+    /// Below this offset, a record may have been started by an earlier
+    /// owner of the partition: its journal is read.
+    reread_below: Option<i64>,
+    /// How far this worker raised the mark.
+    raised: Option<i64>,
+    /// The next raise, written in the background once the records reach
+    /// half of the step, so that no record waits for it in a steady flow.
+    ahead: Option<(i64, tokio::task::JoinHandle<Result<(), JournalUnavailable>>)>,
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        // Harmless if it went on (a higher mark only makes the next owner
+        // read more journals), but nobody needs it any more.
+        if let Some((_, raise)) = self.ahead.take() {
+            raise.abort();
+        }
+    }
+}
+
 impl Worker {
     /// Makes sure the partition's journal mark is past `message`, and says
     /// whether the record is new (below no earlier owner's mark, so without
     /// a journal). Waits while the journal is unavailable; `None` when the
     /// trigger halts or the partition is revoked meanwhile.
-    async fn ensure_mark(
-        &mut self,
-        message: &Message,
-        flags: &WorkerFlags,
-        reread_below: &mut Option<i64>,
-        mark: &mut Option<i64>,
-    ) -> Option<bool> {
+    async fn ensure_mark(&mut self, message: &Message, flags: &WorkerFlags, mark: &mut Mark) -> Option<bool> {
         let journal = self.handler.journal.clone();
         let function = self.handler.status.name().to_string();
         let (topic, partition, offset) = (&message.topic, message.partition, message.offset);
         let mut backoff = Duration::from_millis(100);
         loop {
             let step = async {
-                let below = match *reread_below {
+                let below = match mark.reread_below {
                     Some(below) => below,
-                    None => *reread_below.insert(journal.mark(&function, topic, partition).await?),
+                    None => *mark.reread_below.insert(journal.mark(&function, topic, partition).await?),
                 };
-                let raised = mark.unwrap_or(below);
+                let raised = mark.raised.unwrap_or(below);
                 if offset >= raised {
-                    let to = offset + MARK_STEP;
-                    journal.raise_mark(&function, topic, partition, to).await?;
-                    *mark = Some(to);
-                } else if mark.is_none() {
-                    *mark = Some(raised);
+                    // The raise ahead, if it covers this record and was written.
+                    let ahead = match mark.ahead.take() {
+                        Some((to, raise)) if to > offset => raise.await.ok().and_then(Result::ok).map(|()| to),
+                        Some((_, raise)) => {
+                            raise.abort();
+                            None
+                        }
+                        None => None,
+                    };
+                    let to = match ahead {
+                        Some(to) => to,
+                        None => {
+                            let to = offset + MARK_STEP;
+                            journal.raise_mark(&function, topic, partition, to).await?;
+                            to
+                        }
+                    };
+                    mark.raised = Some(to);
+                } else if mark.raised.is_none() {
+                    mark.raised = Some(raised);
                 }
-                Ok::<_, crate::platform::journal::JournalUnavailable>(offset >= below)
+                if let Some(raised) = mark.raised
+                    && mark.ahead.is_none()
+                    && offset >= raised - MARK_STEP / 2
+                {
+                    let (journal, function, topic) = (journal.clone(), function.clone(), topic.clone());
+                    let to = raised + MARK_STEP;
+                    let raise = tokio::spawn(async move { journal.raise_mark(&function, &topic, partition, to).await });
+                    mark.ahead = Some((to, raise));
+                }
+                Ok::<_, JournalUnavailable>(offset >= below)
             };
             match step.await {
                 Ok(new) => return Some(new),
