@@ -219,6 +219,8 @@ pub async fn rate_until_handled(hosts: &[&BenchHost], name: &str, from: Counters
             return Measured { rate, revocations: now.revocations - at_assignment.revocations };
         }
         assert!(Instant::now() < deadline, "{name}: {} of {n} records handled", now.handled - from.handled);
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Every 10 ms: at most 0.4 % on a 2.5 s run, where polling every
+        // 2 ms took a sixth of a core from the host being measured.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

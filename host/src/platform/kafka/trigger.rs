@@ -9,22 +9,26 @@
 //! not ordered among each other). With the default of 1, a partition runs
 //! in its order.
 //!
-//! The consumer loop never waits for a function: it hands each record to
-//! its partition's worker and goes on polling, so the consumer keeps its
-//! group membership however long a record takes or is retried. A worker
-//! that falls behind (a slow record, a retry waiting out its back-off)
-//! fills its queue; the loop keeps a bounded number of its records in
-//! memory (handed on each time the worker takes one), and past that
-//! *pauses the partition* at the broker (rdkafka pause/resume) until the
-//! worker catches up; the other partitions keep flowing. Stored offsets are
+//! Each assigned partition has a librdkafka queue of its own (split off the
+//! consumer's queue before the partition is assigned), read only by that
+//! partition's worker, and only while the worker has room: a worker that
+//! falls behind (a slow record, a retry waiting out its back-off) simply
+//! stops reading, and librdkafka stops fetching that partition once its
+//! queue holds [`QUEUED_MIN_MESSAGES`] records or [`QUEUED_MAX_KBYTES`]
+//! (looking again every [`FETCH_QUEUE_BACKOFF_MS`]); the other partitions
+//! keep flowing. Nothing is paused, so nothing fetched is thrown away and
+//! fetched again. The consumer loop itself only serves the consumer's
+//! events (rebalances, commits, statistics), so the consumer keeps its
+//! group membership however long a record takes. Stored offsets are
 //! committed in batches (every [`COMMIT_INTERVAL`]), when partitions are
 //! revoked, and when the trigger stops.
 //!
-//! On a rebalance, a revoked partition's worker finishes the call in flight
-//! (the revocation waits for it, up to the call deadline), then its offsets
-//! are committed and the partition is handed over; records it had queued
-//! are dropped, to be delivered to the new owner. So a record is never run
-//! by two hosts at the same time, and the journal (see
+//! On a rebalance, a revoked partition's worker stops reading its queue and
+//! finishes the calls in flight (the revocation waits for them, up to the
+//! call deadline), then its offsets are committed and the partition is
+//! handed over; records it had taken and not started, and those left in
+//! its queue, are dropped, to be delivered to the new owner. So a record is
+//! never run by two hosts at the same time, and the journal (see
 //! [`crate::platform::journal`]) answers a redelivered record's calls.
 //!
 //! The function each worker runs is read from a `watch` channel before every
@@ -51,15 +55,15 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{
-        Arc, Condvar, Mutex,
+        Arc, Condvar, Mutex, OnceLock, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
 
 use rdkafka::{
-    ClientContext, Message as _, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    ClientContext, Message as _, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer, stream_consumer::StreamPartitionQueue},
     error::KafkaError,
     message::{BorrowedMessage, Headers},
     types::RDKafkaErrorCode,
@@ -83,15 +87,17 @@ use tracing::Instrument;
 const STATISTICS_INTERVAL_MS: &str = "1000";
 /// How often stored offsets are committed.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
-/// Records queued for a partition's worker; more wait in the consumer loop…
+/// Records a partition's worker has taken and not started yet; past this,
+/// it stops reading its partition's queue until one starts.
 const QUEUED_PER_PARTITION: usize = 64;
-/// …until there are this many, or this many bytes: then the partition is
-/// paused, and resumed once half of them have gone to the worker (so that
-/// the fetch after the resume overlaps with the worker taking the other
-/// half). A pause costs a new fetch, so a worker that is only a little
-/// behind is fed from memory instead.
-const PAUSE_AT_RECORDS: usize = 8192;
-const PAUSE_AT_BYTES: usize = 4 << 20;
+/// What librdkafka keeps fetched ahead of each partition's worker (its
+/// `queued.min.messages` and `queued.max.messages.kbytes`, which apply per
+/// partition with split queues): past either, it stops fetching the
+/// partition and looks again after `fetch.queue.backoff.ms`. Short, so a
+/// worker catching up never waits for the fetch after the one it skipped.
+const QUEUED_MIN_MESSAGES: &str = "10000";
+const QUEUED_MAX_KBYTES: &str = "2048";
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// The longest wait between two tries while a service is unavailable: the
 /// record goes on soon after the service is back.
 const MAX_OUTAGE_BACKOFF: Duration = Duration::from_secs(5);
@@ -120,6 +126,9 @@ pub struct Trigger {
 struct WorkerFlags {
     flags: Mutex<Flags>,
     idle: Condvar,
+    /// Told when the partition is revoked, so that a worker waiting for its
+    /// queue stops reading it at once.
+    revoked: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -156,9 +165,12 @@ impl WorkerFlags {
         self.lock().revoked
     }
 
-    /// Takes the partition away: no try of a record starts after this.
+    /// Takes the partition away: no try of a record starts after this, and
+    /// the worker reads no record from its queue after this (its select
+    /// looks at this signal before the queue).
     fn revoke(&self) {
         self.lock().revoked = true;
+        self.revoked.notify_one();
     }
 
     /// Waits until the tries in flight (if any) have ended, up to
@@ -175,13 +187,107 @@ impl WorkerFlags {
 type Workers = Arc<Mutex<HashMap<i32, Arc<WorkerFlags>>>>;
 
 /// Counts the consumer's rebalances (so that a swap or a long retry can be
-/// shown to cause none) and hands revoked partitions over cleanly.
+/// shown to cause none), gives each assigned partition its worker and its
+/// own queue, and hands revoked partitions over cleanly.
 struct TriggerContext {
+    topic: String,
     status: Arc<Status>,
     workers: Workers,
     call_deadline: Duration,
     /// Set when an asynchronous commit failed: the next tick commits again.
     commit_failed: Arc<AtomicBool>,
+    /// The consumer this is the context of, to split partition queues off
+    /// (weak: the consumer owns its context).
+    consumer: OnceLock<Weak<TriggerConsumer>>,
+    /// The partitions whose queue was split off already. librdkafka keeps
+    /// a split queue split for the consumer's life (through revocations
+    /// and assignments), and its handle must stay the only one: dropping
+    /// a second handle would switch off the first one's wake-ups.
+    split: Mutex<HashSet<i32>>,
+    /// Where the partitions assigned go, for the consumer loop to start
+    /// their workers.
+    assigned: mpsc::UnboundedSender<Assigned>,
+}
+
+/// A partition assigned: its worker's flags (registered already, so that a
+/// revocation coming before the worker starts finds them), and its queue
+/// when it was split off just now.
+struct Assigned {
+    partition: i32,
+    flags: Arc<WorkerFlags>,
+    queue: Option<Arc<PartitionQueue>>,
+}
+
+impl TriggerContext {
+    /// Splits the partitions' queues off (before librdkafka starts fetching
+    /// them, so that no record of theirs ever comes on the consumer's own
+    /// queue) and registers their workers.
+    fn assign(&self, partitions: &TopicPartitionList) {
+        let function = self.status.name();
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else { return };
+        let mut split = self.split.lock().unwrap_or_else(|e| e.into_inner());
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        for element in partitions.elements() {
+            let partition = element.partition();
+            // Still this consumer's (an incremental assignment of others).
+            if element.topic() != self.topic || workers.contains_key(&partition) {
+                continue;
+            }
+            let queue = if split.contains(&partition) {
+                None
+            } else {
+                match consumer.split_partition_queue(&self.topic, partition) {
+                    Some(queue) => {
+                        split.insert(partition);
+                        Some(Arc::new(queue))
+                    }
+                    None => {
+                        // Its records come on the consumer's queue, where the
+                        // loop takes them as a reason to start afresh.
+                        tracing::error!(function, partition, "cannot give the partition a queue of its own");
+                        continue;
+                    }
+                }
+            };
+            let flags = Arc::new(WorkerFlags::default());
+            workers.insert(partition, flags.clone());
+            let _ = self.assigned.send(Assigned { partition, flags, queue });
+        }
+    }
+
+    /// Stops the revoked partitions' workers, waits for their tries in
+    /// flight, and commits what they handled.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
+        let revoked: Vec<Arc<WorkerFlags>> = {
+            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            partitions.elements().iter().filter_map(|p| workers.remove(&p.partition())).collect()
+        };
+        let function = self.status.name();
+        // No try starts on any of them from now on, and no record is read
+        // from their queues; then the tries in flight end, within one call
+        // deadline for all.
+        for worker in &revoked {
+            worker.revoke();
+        }
+        let deadline = Instant::now() + self.call_deadline;
+        let wait = || {
+            for worker in &revoked {
+                if !worker.wait_idle(deadline) {
+                    tracing::warn!(function, "a call on a revoked partition did not end in time");
+                }
+            }
+        };
+        // Waiting blocks this thread: let the runtime move its other tasks
+        // (the workers among them) elsewhere first.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(function, "commit on revocation failed (records may be seen again): {e}"),
+        }
+    }
 }
 
 impl ClientContext for TriggerContext {
@@ -205,34 +311,10 @@ impl ClientContext for TriggerContext {
 
 impl ConsumerContext for TriggerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(partitions) = rebalance else { return };
-        let revoked: Vec<Arc<WorkerFlags>> = {
-            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-            partitions.elements().iter().filter_map(|p| workers.remove(&p.partition())).collect()
-        };
-        let function = self.status.name();
-        // No try starts on any of them from now on; then the tries in flight
-        // end, within one call deadline for all.
-        for worker in &revoked {
-            worker.revoke();
-        }
-        let deadline = Instant::now() + self.call_deadline;
-        let wait = || {
-            for worker in &revoked {
-                if !worker.wait_idle(deadline) {
-                    tracing::warn!(function, "a call on a revoked partition did not end in time");
-                }
-            }
-        };
-        // Waiting blocks this thread: let the runtime move its other tasks
-        // (the workers among them) elsewhere first.
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-            _ => wait(),
-        }
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(function, "commit on revocation failed (records may be seen again): {e}"),
+        match rebalance {
+            Rebalance::Assign(partitions) => self.assign(partitions),
+            Rebalance::Revoke(partitions) => self.revoke(consumer, partitions),
+            Rebalance::Error(_) => {}
         }
     }
 
@@ -246,14 +328,10 @@ impl ConsumerContext for TriggerContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let function = self.status.name();
         match rebalance {
             Rebalance::Assign(partitions) => {
-                // A partition paused before it was revoked starts afresh.
-                if let Err(e) = consumer.resume(partitions) {
-                    tracing::debug!(function, "cannot resume the assigned partitions: {e}");
-                }
                 self.status.count_assignment();
                 tracing::info!(function, partitions = partitions.count(), "partitions assigned");
             }
@@ -267,67 +345,7 @@ impl ConsumerContext for TriggerContext {
 }
 
 type TriggerConsumer = StreamConsumer<TriggerContext>;
-
-/// The consumer loop's view of one partition.
-struct Feed {
-    queue: mpsc::Sender<Message>,
-    /// Records fetched while the queue was full, and their size; once there
-    /// are [`PAUSE_AT_RECORDS`] or [`PAUSE_AT_BYTES`], the partition is
-    /// paused until half of them have gone to the worker.
-    waiting: VecDeque<Message>,
-    waiting_bytes: usize,
-    paused: bool,
-    flags: Arc<WorkerFlags>,
-}
-
-impl Feed {
-    /// Hands `message` to the worker, or keeps it waiting; true when the
-    /// partition should be paused now.
-    fn push(&mut self, message: Message) -> bool {
-        if self.waiting.is_empty() {
-            match self.queue.try_send(message) {
-                Ok(()) => return false,
-                Err(mpsc::error::TrySendError::Full(message)) => self.keep(message),
-                // The worker ended (revoked, or stopping): the record is seen again later.
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            }
-        } else {
-            self.keep(message);
-        }
-        !self.paused && (self.waiting.len() >= PAUSE_AT_RECORDS || self.waiting_bytes >= PAUSE_AT_BYTES)
-    }
-
-    /// Roughly what `message` takes in memory.
-    fn size(message: &Message) -> usize {
-        let headers: usize = message.headers.iter().map(|h| h.key.len() + h.value.len() + 48).sum();
-        message.payload.len() + message.key.as_ref().map_or(0, Vec::len) + message.topic.len() + headers + 160
-    }
-
-    fn keep(&mut self, message: Message) {
-        self.waiting_bytes += Self::size(&message);
-        self.waiting.push_back(message);
-    }
-
-    /// Moves waiting records to the worker's queue while it has room; true
-    /// when the partition is paused and half of what paused it has gone.
-    fn refill(&mut self) -> bool {
-        while let Some(message) = self.waiting.pop_front() {
-            let bytes = Self::size(&message);
-            match self.queue.try_send(message) {
-                Ok(()) => self.waiting_bytes -= bytes,
-                Err(mpsc::error::TrySendError::Full(message)) => {
-                    self.waiting.push_front(message);
-                    break;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.waiting.clear();
-                    self.waiting_bytes = 0;
-                }
-            }
-        }
-        self.paused && self.waiting.len() <= PAUSE_AT_RECORDS / 2 && self.waiting_bytes <= PAUSE_AT_BYTES / 2
-    }
-}
+type PartitionQueue = StreamPartitionQueue<TriggerContext>;
 
 impl Trigger {
     /// Creates the consumer and joins the group; the returned future
@@ -336,19 +354,26 @@ impl Trigger {
     pub fn start(self) -> anyhow::Result<impl Future<Output = FunctionState> + Send + 'static> {
         let workers = Workers::default();
         let commit_failed = Arc::new(AtomicBool::new(false));
-        let consumer = Arc::new(self.consumer(workers.clone(), commit_failed.clone())?);
+        let (assigned_tx, assigned) = mpsc::unbounded_channel();
+        let consumer = Arc::new(self.consumer(workers.clone(), commit_failed.clone(), assigned_tx)?);
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         self.status.set_state(FunctionState::Running);
-        Ok(self.run(consumer, workers, commit_failed))
+        Ok(self.run(consumer, assigned, commit_failed))
     }
 
-    async fn run(self, consumer: Arc<TriggerConsumer>, workers: Workers, commit_failed: Arc<AtomicBool>) -> FunctionState {
+    async fn run(
+        self,
+        consumer: Arc<TriggerConsumer>,
+        mut assigned: mpsc::UnboundedReceiver<Assigned>,
+        commit_failed: Arc<AtomicBool>,
+    ) -> FunctionState {
         let name = self.status.name().to_string();
         // Tells the workers to stop after their call in flight.
         let (halt_tx, halt) = watch::channel(false);
         let (ended_tx, mut ended) = mpsc::unbounded_channel::<FunctionState>();
         let dirty = Arc::new(AtomicBool::new(false));
-        let room = Arc::new(tokio::sync::Notify::new());
-        let mut feeds: HashMap<i32, Feed> = HashMap::new();
+        // Every partition queue split off, for the consumer's life.
+        let mut queues: HashMap<i32, Arc<PartitionQueue>> = HashMap::new();
         let mut tasks = JoinSet::new();
         let mut tick = tokio::time::interval(COMMIT_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -356,7 +381,7 @@ impl Trigger {
         let mut stop = self.stop.clone();
         // A worker that panicked: the trigger ends the same way, once the
         // others have stopped, so that its supervisor starts it again.
-        let mut crashed = None;
+        let mut crashed: Option<Box<dyn std::any::Any + Send>> = None;
         let state = loop {
             tokio::select! {
                 () = stopped(&mut stop) => break FunctionState::Stopped,
@@ -369,50 +394,37 @@ impl Trigger {
                         break FunctionState::Stopped;
                     }
                 }
-                record = consumer.recv() => {
-                    let message = match record {
-                        Ok(record) => to_wit(&record),
-                        Err(e) => {
-                            // librdkafka recovers from broker errors by itself.
-                            tracing::warn!(function = %name, "consumer error: {e}");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            continue;
-                        }
-                    };
-                    let partition = message.partition;
-                    let feed = match feeds.get(&partition) {
-                        Some(feed) if !feed.flags.is_revoked() => feeds.get_mut(&partition),
-                        _ => {
-                            let worker = Worker {
-                                handler: self.handler(),
-                                consumer: consumer.clone(),
-                                halt: halt.clone(),
-                                dirty: dirty.clone(),
-                                ended: ended_tx.clone(),
-                                room: room.clone(),
-                            };
-                            let flags = Arc::new(WorkerFlags::default());
-                            let (queue, rx) = mpsc::channel(QUEUED_PER_PARTITION);
-                            workers.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, flags.clone());
-                            tasks.spawn(worker.run(rx, flags.clone()));
-                            // A partition paused before a revocation starts flowing again.
-                            self.pause(&consumer, partition, false);
-                            let feed = Feed { queue, waiting: VecDeque::new(), waiting_bytes: 0, paused: false, flags };
-                            feeds.insert(partition, feed);
-                            feeds.get_mut(&partition)
-                        }
-                    };
-                    let Some(feed) = feed else { continue };
-                    if feed.push(message) {
-                        feed.paused = true;
-                        self.pause(&consumer, partition, true);
+                Some(Assigned { partition, flags, queue }) = assigned.recv() => {
+                    if let Some(queue) = queue {
+                        queues.insert(partition, queue);
                     }
+                    let Some(queue) = queues.get(&partition).cloned() else { continue };
+                    let worker = Worker {
+                        handler: self.handler(),
+                        consumer: consumer.clone(),
+                        halt: halt.clone(),
+                        dirty: dirty.clone(),
+                        ended: ended_tx.clone(),
+                    };
+                    tasks.spawn(worker.run(queue, flags));
                 }
-                // A worker took a record: records waiting for it move on.
-                () = room.notified(), if feeds.values().any(|f| !f.waiting.is_empty()) => self.refill(&consumer, &mut feeds),
+                // Serves the consumer's events; its records all come on the
+                // partitions' own queues.
+                record = consumer.recv() => match record {
+                    Ok(record) => {
+                        // Not stored: it is seen again by the consumer made afresh.
+                        let (partition, offset) = (record.partition(), record.offset());
+                        tracing::error!(function = %name, partition, offset, "a record came on the consumer's own queue: starting afresh");
+                        crashed = Some(Box::new(format!("partition {partition} has no queue of its own")));
+                        break FunctionState::Stopped;
+                    }
+                    Err(e) => {
+                        // librdkafka recovers from broker errors by itself.
+                        tracing::warn!(function = %name, "consumer error: {e}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
                 _ = tick.tick() => {
-                    feeds.retain(|_, feed| !feed.flags.is_revoked());
-                    self.refill(&consumer, &mut feeds);
                     if dirty.swap(false, Ordering::AcqRel) | commit_failed.swap(false, Ordering::AcqRel) {
                         commit(&consumer, CommitMode::Async, &name);
                     }
@@ -421,28 +433,18 @@ impl Trigger {
         };
         // The workers finish their calls in flight, then what they handled
         // is committed (for the partitions this consumer still owns) and the
-        // consumer leaves the group when dropped.
+        // consumer leaves the group when dropped (with the last queue).
         let _ = halt_tx.send(true);
-        drop(feeds);
         self.status.set_lag(Vec::new());
         while tasks.join_next().await.is_some() {}
         commit(&consumer, CommitMode::Sync, &name);
+        drop(queues);
+        drop(assigned);
         if let Some(panic) = crashed {
             std::panic::resume_unwind(panic);
         }
         tracing::info!(function = %name, ?state, "trigger stopped");
         state
-    }
-
-    /// Feeds waiting records to their workers, and resumes the partitions
-    /// that have caught up.
-    fn refill(&self, consumer: &TriggerConsumer, feeds: &mut HashMap<i32, Feed>) {
-        for (partition, feed) in feeds {
-            if feed.refill() {
-                feed.paused = false;
-                self.pause(consumer, *partition, false);
-            }
-        }
     }
 
     fn handler(&self) -> Handler {
@@ -456,21 +458,12 @@ impl Trigger {
         }
     }
 
-    /// Pauses (or resumes) fetching `partition`.
-    fn pause(&self, consumer: &TriggerConsumer, partition: i32, pause: bool) {
-        let mut list = TopicPartitionList::new();
-        if list.add_partition_offset(&self.topic, partition, Offset::Invalid).is_err() {
-            return;
-        }
-        let done = if pause { consumer.pause(&list) } else { consumer.resume(&list) };
-        if let Err(e) = done {
-            tracing::debug!(function = self.status.name(), partition, pause, "cannot pause/resume: {e}");
-        } else if pause {
-            tracing::debug!(function = self.status.name(), partition, "partition paused while its worker catches up");
-        }
-    }
-
-    fn consumer(&self, workers: Workers, commit_failed: Arc<AtomicBool>) -> anyhow::Result<TriggerConsumer> {
+    fn consumer(
+        &self,
+        workers: Workers,
+        commit_failed: Arc<AtomicBool>,
+        assigned: mpsc::UnboundedSender<Assigned>,
+    ) -> anyhow::Result<TriggerConsumer> {
         let mut config = self.cluster.config();
         config
             .set("group.id", &self.group)
@@ -485,14 +478,23 @@ impl Trigger {
             // An idle consumer asks again after at most this long: the bound
             // on how late a new record is seen.
             .set("fetch.wait.max.ms", "100")
-            // Bounds what is fetched ahead of a paused partition.
-            .set("queued.max.messages.kbytes", "8192")
+            // What is fetched ahead of each partition's worker.
+            .set("queued.min.messages", QUEUED_MIN_MESSAGES)
+            .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
+            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
             // The consumer lag of the metrics comes from librdkafka's statistics.
             .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
-        let consumer: TriggerConsumer = self.cluster.create_with(
-            config,
-            TriggerContext { status: self.status.clone(), workers, call_deadline: self.call_deadline, commit_failed },
-        )?;
+        let context = TriggerContext {
+            topic: self.topic.clone(),
+            status: self.status.clone(),
+            workers,
+            call_deadline: self.call_deadline,
+            commit_failed,
+            consumer: OnceLock::new(),
+            split: Mutex::default(),
+            assigned,
+        };
+        let consumer: TriggerConsumer = self.cluster.create_with(config, context)?;
         consumer.subscribe(&[&self.topic])?;
         Ok(consumer)
     }
@@ -514,8 +516,6 @@ struct Worker {
     dirty: Arc<AtomicBool>,
     /// Where the state to stop in goes when the function cannot go on.
     ended: mpsc::UnboundedSender<FunctionState>,
-    /// Told each time the worker takes a record from its queue.
-    room: Arc<tokio::sync::Notify>,
 }
 
 /// The records a worker has taken and not finished, in offset order: the
@@ -546,10 +546,10 @@ impl Window {
 }
 
 impl Worker {
-    /// Runs records until the queue closes, the trigger halts, the
-    /// partition is revoked, or the function cannot go on; then waits for
-    /// the records running.
-    async fn run(mut self, mut queue: mpsc::Receiver<Message>, flags: Arc<WorkerFlags>) {
+    /// Runs the partition's records until the trigger halts, the partition
+    /// is revoked, or the function cannot go on; then waits for the records
+    /// running.
+    async fn run(mut self, queue: Arc<PartitionQueue>, flags: Arc<WorkerFlags>) {
         let mut mark = Mark::default();
         let window = Arc::new(Mutex::new(Window::default()));
         // Taken and not started (a record of its key runs, or every slot is
@@ -575,6 +575,9 @@ impl Worker {
             tokio::select! {
                 biased;
                 () = stopped(&mut self.halt), if taking => taking = false,
+                // Before the queue: once revoked, no record is read from it
+                // (the next owner, maybe this consumer again, reads them).
+                () = flags.revoked.notified(), if taking => taking = false,
                 Some(joined) = running.join_next() => {
                     let (key, step) = match joined {
                         Ok(done) => done,
@@ -593,12 +596,18 @@ impl Worker {
                         }
                     }
                 }
-                message = queue.recv(), if taking && waiting.len() < QUEUED_PER_PARTITION => {
-                    let Some(message) = message else {
-                        taking = false;
-                        continue;
+                record = queue.recv(), if taking && waiting.len() < QUEUED_PER_PARTITION => {
+                    let message = match record {
+                        Ok(record) => to_wit(&record),
+                        Err(e) => {
+                            // librdkafka recovers from broker errors by itself.
+                            tracing::warn!(function = self.handler.status.name(), "consumer error: {e}");
+                            if !wait(&mut self.halt, Duration::from_millis(500)).await {
+                                taking = false;
+                            }
+                            continue;
+                        }
                     };
-                    self.room.notify_one();
                     // Outside the call fence: a revocation need not wait for
                     // the journal; a mark raised by a revoked worker only
                     // makes the next owner read more journals.
