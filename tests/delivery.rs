@@ -341,11 +341,19 @@ async fn sigterm_finishes_the_call_in_flight_and_commits_it() {
     counter_reaches(&host, name, "handled", 1, Duration::from_secs(60)).await;
 
     // A call of a few seconds, then three quick records behind it.
-    produce(&servers.kafka_brokers, &topic, None, "slow", b"spin:2000", &[]).await;
+    produce(&servers.kafka_brokers, &topic, None, "slow", b"spin:4000", &[]).await;
     for _ in 0..3 {
         produce(&servers.kafka_brokers, &topic, None, "after", b"ok", &[]).await;
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // SIGTERM once the slow call runs: one record handled, an instance alive
+    // (each record gets a fresh one, so only a call in flight holds one).
+    eventually(Duration::from_secs(60), "the slow call in flight", || async {
+        let metrics = host.client.get(host.url("/metrics")).send().await.ok()?.text().await.ok()?;
+        let alive: f64 = metrics.lines().find_map(|l| l.strip_prefix("runnel_wasm_instances "))?.trim().parse().ok()?;
+        let handled = host.counters(name).await["handled"].as_u64()?;
+        (handled == 1 && alive >= 1.0).then_some(())
+    })
+    .await;
     let database = host.database.clone();
     let (status, took) = host.terminate().await;
     println!("SIGTERM with a call in flight: exited with {status} after {} ms", took.as_millis());
