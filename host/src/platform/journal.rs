@@ -167,6 +167,20 @@ impl Journal {
         bounded(self.timeout, raise.into_future()).await.map(drop)
     }
 
+    /// The mark of `topic`/`partition` as the worker that owns the
+    /// partition sees it.
+    pub fn partition_mark(&self, function: &str, topic: &str, partition: i32) -> PartitionMark {
+        PartitionMark {
+            journal: self.clone(),
+            function: function.into(),
+            topic: topic.into(),
+            partition,
+            reread_below: None,
+            raised: None,
+            ahead: None,
+        }
+    }
+
     /// The `_id` of the journal document of `record` handled by `function`.
     fn id(function: &str, record: &str) -> String {
         format!("{function}\u{1f}{record}")
@@ -304,6 +318,85 @@ async fn expire_handled(
             tracing::warn!("journal documents of handled records not marked (they expire later): {e}");
         }
         backlog.fetch_sub(marked, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One partition's journal mark, as the worker that owns the partition
+/// sees it: read when the worker starts, then raised [`MARK_STEP`] offsets
+/// at a time, the next raise written in the background once the records
+/// are half way to it, so that in a steady flow no record waits for it.
+pub struct PartitionMark {
+    journal: Journal,
+    function: Arc<str>,
+    topic: Arc<str>,
+    partition: i32,
+    /// Below this offset, a record may have been started by an earlier
+    /// owner of the partition: its journal is read.
+    reread_below: Option<i64>,
+    /// How far this worker raised the mark.
+    raised: Option<i64>,
+    /// The next raise, and its write.
+    ahead: Option<(i64, tokio::task::JoinHandle<Result<(), JournalUnavailable>>)>,
+}
+
+impl PartitionMark {
+    /// Makes sure the mark is past `offset` (a record past the mark never
+    /// starts before a raise covering it is written) and says whether the
+    /// record is new: below no earlier owner's mark, so without a journal.
+    pub async fn ensure(&mut self, offset: i64) -> Result<bool, JournalUnavailable> {
+        // Most records: below the mark raised, with the next raise under
+        // way or not due yet; nothing to do.
+        if let (Some(below), Some(raised)) = (self.reread_below, self.raised)
+            && offset < raised
+            && (self.ahead.is_some() || offset < raised - MARK_STEP / 2)
+        {
+            return Ok(offset >= below);
+        }
+        let below = match self.reread_below {
+            Some(below) => below,
+            None => *self.reread_below.insert(self.journal.mark(&self.function, &self.topic, self.partition).await?),
+        };
+        let raised = *self.raised.get_or_insert(below);
+        if offset >= raised {
+            // The raise ahead, if it covers this record and was written.
+            let ahead = match self.ahead.take() {
+                Some((to, raise)) if to > offset => raise.await.ok().and_then(Result::ok).map(|()| to),
+                Some((_, raise)) => {
+                    raise.abort();
+                    None
+                }
+                None => None,
+            };
+            let to = match ahead {
+                Some(to) => to,
+                None => {
+                    let to = offset + MARK_STEP;
+                    self.journal.raise_mark(&self.function, &self.topic, self.partition, to).await?;
+                    to
+                }
+            };
+            self.raised = Some(to);
+        }
+        if let Some(raised) = self.raised
+            && self.ahead.is_none()
+            && offset >= raised - MARK_STEP / 2
+        {
+            let (journal, function, topic, partition) = (self.journal.clone(), self.function.clone(), self.topic.clone(), self.partition);
+            let to = raised + MARK_STEP;
+            let raise = tokio::spawn(async move { journal.raise_mark(&function, &topic, partition, to).await });
+            self.ahead = Some((to, raise));
+        }
+        Ok(offset >= below)
+    }
+}
+
+impl Drop for PartitionMark {
+    fn drop(&mut self) {
+        // Harmless if it went on (a higher mark only makes the next owner
+        // read more journals), but nobody needs it any more.
+        if let Some((_, raise)) = self.ahead.take() {
+            raise.abort();
+        }
     }
 }
 

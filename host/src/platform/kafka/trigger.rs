@@ -76,7 +76,7 @@ use tokio::{
 use super::{Cluster, Event, EventProducer, dead_letter_topic};
 use crate::platform::{
     deployments::{Deployment, FunctionState, Status},
-    journal::{Journal, JournalUnavailable, KEPT_DEAD_LETTERED, MARK_STEP, RecordKey},
+    journal::{Journal, KEPT_DEAD_LETTERED, PartitionMark, RecordKey},
     metrics::{Metrics, VersionMetrics},
     runtime::{HandlerError, Header, Message, Outcome},
     trace::{self, TraceContext},
@@ -129,6 +129,9 @@ struct WorkerFlags {
     /// Told when the partition is revoked, so that a worker waiting for its
     /// queue stops reading it at once.
     revoked: tokio::sync::Notify,
+    /// What the worker has taken and finished; its offset is stored by
+    /// the consumer loop before each commit, and by a revocation.
+    window: Mutex<Window>,
 }
 
 #[derive(Default)]
@@ -173,6 +176,10 @@ impl WorkerFlags {
         self.revoked.notify_one();
     }
 
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Waits until the tries in flight (if any) have ended, up to
     /// `deadline`. False when they did not end in time.
     fn wait_idle(&self, deadline: Instant) -> bool {
@@ -185,6 +192,27 @@ impl WorkerFlags {
 }
 
 type Workers = Arc<Mutex<HashMap<i32, Arc<WorkerFlags>>>>;
+
+/// Stores the offset each of `workers` finished since it was last stored
+/// (librdkafka stores the one after it, the next to read); true when any
+/// was. One store per partition and commit, not one per record.
+fn store_finished<'a, C: Consumer<TriggerContext>>(
+    consumer: &C,
+    topic: &str,
+    workers: impl IntoIterator<Item = (i32, &'a Arc<WorkerFlags>)>,
+    function: &str,
+) -> bool {
+    let mut stored = false;
+    for (partition, worker) in workers {
+        let Some(offset) = worker.window().finished.take() else { continue };
+        match consumer.store_offset(topic, partition, offset) {
+            Ok(()) => stored = true,
+            // librdkafka refuses offsets of partitions taken away.
+            Err(e) => tracing::debug!(function, partition, "offset not stored (partition revoked?): {e}"),
+        }
+    }
+    stored
+}
 
 /// Counts the consumer's rebalances (so that a swap or a long retry can be
 /// shown to cause none), gives each assigned partition its worker and its
@@ -258,20 +286,20 @@ impl TriggerContext {
     /// Stops the revoked partitions' workers, waits for their tries in
     /// flight, and commits what they handled.
     fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
-        let revoked: Vec<Arc<WorkerFlags>> = {
+        let revoked: Vec<(i32, Arc<WorkerFlags>)> = {
             let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-            partitions.elements().iter().filter_map(|p| workers.remove(&p.partition())).collect()
+            partitions.elements().iter().filter_map(|p| workers.remove(&p.partition()).map(|w| (p.partition(), w))).collect()
         };
         let function = self.status.name();
         // No try starts on any of them from now on, and no record is read
         // from their queues; then the tries in flight end, within one call
         // deadline for all.
-        for worker in &revoked {
+        for (_, worker) in &revoked {
             worker.revoke();
         }
         let deadline = Instant::now() + self.call_deadline;
         let wait = || {
-            for worker in &revoked {
+            for (_, worker) in &revoked {
                 if !worker.wait_idle(deadline) {
                     tracing::warn!(function, "a call on a revoked partition did not end in time");
                 }
@@ -283,6 +311,7 @@ impl TriggerContext {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
             _ => wait(),
         }
+        store_finished(consumer, &self.topic, revoked.iter().map(|(p, w)| (*p, w)), function);
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => tracing::warn!(function, "commit on revocation failed (records may be seen again): {e}"),
@@ -358,12 +387,13 @@ impl Trigger {
         let consumer = Arc::new(self.consumer(workers.clone(), commit_failed.clone(), assigned_tx)?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         self.status.set_state(FunctionState::Running);
-        Ok(self.run(consumer, assigned, commit_failed))
+        Ok(self.run(consumer, workers, assigned, commit_failed))
     }
 
     async fn run(
         self,
         consumer: Arc<TriggerConsumer>,
+        workers: Workers,
         mut assigned: mpsc::UnboundedReceiver<Assigned>,
         commit_failed: Arc<AtomicBool>,
     ) -> FunctionState {
@@ -371,7 +401,6 @@ impl Trigger {
         // Tells the workers to stop after their call in flight.
         let (halt_tx, halt) = watch::channel(false);
         let (ended_tx, mut ended) = mpsc::unbounded_channel::<FunctionState>();
-        let dirty = Arc::new(AtomicBool::new(false));
         // Every partition queue split off, for the consumer's life.
         let mut queues: HashMap<i32, Arc<PartitionQueue>> = HashMap::new();
         let mut tasks = JoinSet::new();
@@ -399,14 +428,9 @@ impl Trigger {
                         queues.insert(partition, queue);
                     }
                     let Some(queue) = queues.get(&partition).cloned() else { continue };
-                    let worker = Worker {
-                        handler: self.handler(),
-                        consumer: consumer.clone(),
-                        halt: halt.clone(),
-                        dirty: dirty.clone(),
-                        ended: ended_tx.clone(),
-                    };
-                    tasks.spawn(worker.run(queue, flags));
+                    let worker = Worker { handler: self.handler(), halt: halt.clone(), ended: ended_tx.clone() };
+                    let mark = self.journal.partition_mark(&name, &self.topic, partition);
+                    tasks.spawn(worker.run(queue, flags, mark));
                 }
                 // Serves the consumer's events; its records all come on the
                 // partitions' own queues.
@@ -425,7 +449,7 @@ impl Trigger {
                     }
                 },
                 _ = tick.tick() => {
-                    if dirty.swap(false, Ordering::AcqRel) | commit_failed.swap(false, Ordering::AcqRel) {
+                    if self.store_finished(&consumer, &workers) | commit_failed.swap(false, Ordering::AcqRel) {
                         commit(&consumer, CommitMode::Async, &name);
                     }
                 }
@@ -437,6 +461,7 @@ impl Trigger {
         let _ = halt_tx.send(true);
         self.status.set_lag(Vec::new());
         while tasks.join_next().await.is_some() {}
+        self.store_finished(&consumer, &workers);
         commit(&consumer, CommitMode::Sync, &name);
         drop(queues);
         drop(assigned);
@@ -445,6 +470,13 @@ impl Trigger {
         }
         tracing::info!(function = %name, ?state, "trigger stopped");
         state
+    }
+
+    /// Stores what the workers of the partitions owned now have finished.
+    fn store_finished(&self, consumer: &TriggerConsumer, workers: &Workers) -> bool {
+        let owned: Vec<(i32, Arc<WorkerFlags>)> =
+            workers.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(p, w)| (*p, w.clone())).collect();
+        store_finished(consumer, &self.topic, owned.iter().map(|(p, w)| (*p, w)), self.status.name())
     }
 
     fn handler(&self) -> Handler {
@@ -511,9 +543,7 @@ fn commit(consumer: &TriggerConsumer, mode: CommitMode, function: &str) {
 /// `max-in-flight` at once, those of one key one after the other.
 struct Worker {
     handler: Handler,
-    consumer: Arc<TriggerConsumer>,
     halt: watch::Receiver<bool>,
-    dirty: Arc<AtomicBool>,
     /// Where the state to stop in goes when the function cannot go on.
     ended: mpsc::UnboundedSender<FunctionState>,
 }
@@ -524,6 +554,9 @@ struct Worker {
 #[derive(Default)]
 struct Window {
     taken: VecDeque<(i64, bool)>,
+    /// The last record before the first unfinished one, when it moved since
+    /// it was last stored.
+    finished: Option<i64>,
 }
 
 impl Window {
@@ -531,17 +564,15 @@ impl Window {
         self.taken.push_back((offset, false));
     }
 
-    /// Marks `offset` finished; the offset to store, when it moved.
-    fn finish(&mut self, offset: i64) -> Option<i64> {
+    /// Marks `offset` finished.
+    fn finish(&mut self, offset: i64) {
         if let Ok(i) = self.taken.binary_search_by_key(&offset, |(o, _)| *o) {
             self.taken[i].1 = true;
         }
-        let mut done = None;
         while let Some(&(o, true)) = self.taken.front() {
-            done = Some(o);
+            self.finished = Some(o);
             self.taken.pop_front();
         }
-        done
     }
 }
 
@@ -549,9 +580,7 @@ impl Worker {
     /// Runs the partition's records until the trigger halts, the partition
     /// is revoked, or the function cannot go on; then waits for the records
     /// running.
-    async fn run(mut self, queue: Arc<PartitionQueue>, flags: Arc<WorkerFlags>) {
-        let mut mark = Mark::default();
-        let window = Arc::new(Mutex::new(Window::default()));
+    async fn run(mut self, queue: Arc<PartitionQueue>, flags: Arc<WorkerFlags>, mut mark: PartitionMark) {
         // Taken and not started (a record of its key runs, or every slot is
         // taken), in offset order, with whether each is new.
         let mut waiting: VecDeque<(Message, bool)> = VecDeque::new();
@@ -567,7 +596,7 @@ impl Worker {
                     if let Some(key) = &message.key {
                         busy_keys.insert(key.clone());
                     }
-                    running.spawn(self.record(message, new_record, flags.clone(), window.clone()));
+                    running.spawn(self.record(message, new_record, flags.clone()));
                 }
             } else if running.is_empty() {
                 return;
@@ -613,7 +642,7 @@ impl Worker {
                     // makes the next owner read more journals.
                     match self.ensure_mark(&message, &flags, &mut mark).await {
                         Some(new_record) => {
-                            window.lock().unwrap_or_else(|e| e.into_inner()).take(message.offset);
+                            flags.window().take(message.offset);
                             waiting.push_back((message, new_record));
                         }
                         None => taking = false,
@@ -633,11 +662,8 @@ impl Worker {
         message: Message,
         new_record: bool,
         flags: Arc<WorkerFlags>,
-        window: Arc<Mutex<Window>>,
     ) -> impl Future<Output = (Option<Vec<u8>>, Step)> + Send + 'static {
         let mut handler = self.handler.clone();
-        let consumer = self.consumer.clone();
-        let dirty = self.dirty.clone();
         let mut fence = Fence { flags, halt: self.halt.clone(), inside: false };
         async move {
             if !fence.enter() {
@@ -654,21 +680,10 @@ impl Worker {
                 handler.export_span(&message, trace, parent, since, &step);
             }
             if let Step::Done(_) = step {
-                // Stored once this record and every one before it is done,
-                // before the try ends (a revocation commits what is stored),
-                // in order (under the window's lock); librdkafka drops what
-                // is stored for partitions taken away. (It stores the offset
-                // after the one given.)
-                let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(offset) = window.finish(message.offset) {
-                    match consumer.store_offset(&message.topic, message.partition, offset) {
-                        Ok(()) => dirty.store(true, Ordering::Release),
-                        Err(e) => tracing::debug!(
-                            function = handler.status.name(), partition = message.partition,
-                            "offset not stored (partition revoked?): {e}"
-                        ),
-                    }
-                }
+                // Finished before the try ends, so a revocation (which waits
+                // for the try) stores it and commits it; stored once every
+                // record before it is finished too.
+                fence.flags.window().finish(message.offset);
             }
             drop(fence);
             (message.key, step)
@@ -734,83 +749,19 @@ impl Drop for Fence {
     }
 }
 
-/// A worker's view of its partition's journal mark.
-#[derive(Default)]
-struct Mark {
-    /// Below this offset, a record may have been started by an earlier
-    /// owner of the partition: its journal is read.
-    reread_below: Option<i64>,
-    /// How far this worker raised the mark.
-    raised: Option<i64>,
-    /// The next raise, written in the background once the records reach
-    /// half of the step, so that no record waits for it in a steady flow.
-    ahead: Option<(i64, tokio::task::JoinHandle<Result<(), JournalUnavailable>>)>,
-}
-
-impl Drop for Mark {
-    fn drop(&mut self) {
-        // Harmless if it went on (a higher mark only makes the next owner
-        // read more journals), but nobody needs it any more.
-        if let Some((_, raise)) = self.ahead.take() {
-            raise.abort();
-        }
-    }
-}
-
 impl Worker {
     /// Makes sure the partition's journal mark is past `message`, and says
     /// whether the record is new (below no earlier owner's mark, so without
     /// a journal). Waits while the journal is unavailable; `None` when the
     /// trigger halts or the partition is revoked meanwhile.
-    async fn ensure_mark(&mut self, message: &Message, flags: &WorkerFlags, mark: &mut Mark) -> Option<bool> {
-        let journal = self.handler.journal.clone();
-        let function = self.handler.status.name().to_string();
-        let (topic, partition, offset) = (&message.topic, message.partition, message.offset);
+    async fn ensure_mark(&mut self, message: &Message, flags: &WorkerFlags, mark: &mut PartitionMark) -> Option<bool> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let step = async {
-                let below = match mark.reread_below {
-                    Some(below) => below,
-                    None => *mark.reread_below.insert(journal.mark(&function, topic, partition).await?),
-                };
-                let raised = mark.raised.unwrap_or(below);
-                if offset >= raised {
-                    // The raise ahead, if it covers this record and was written.
-                    let ahead = match mark.ahead.take() {
-                        Some((to, raise)) if to > offset => raise.await.ok().and_then(Result::ok).map(|()| to),
-                        Some((_, raise)) => {
-                            raise.abort();
-                            None
-                        }
-                        None => None,
-                    };
-                    let to = match ahead {
-                        Some(to) => to,
-                        None => {
-                            let to = offset + MARK_STEP;
-                            journal.raise_mark(&function, topic, partition, to).await?;
-                            to
-                        }
-                    };
-                    mark.raised = Some(to);
-                } else if mark.raised.is_none() {
-                    mark.raised = Some(raised);
-                }
-                if let Some(raised) = mark.raised
-                    && mark.ahead.is_none()
-                    && offset >= raised - MARK_STEP / 2
-                {
-                    let (journal, function, topic) = (journal.clone(), function.clone(), topic.clone());
-                    let to = raised + MARK_STEP;
-                    let raise = tokio::spawn(async move { journal.raise_mark(&function, &topic, partition, to).await });
-                    mark.ahead = Some((to, raise));
-                }
-                Ok::<_, JournalUnavailable>(offset >= below)
-            };
-            match step.await {
+            match mark.ensure(message.offset).await {
                 Ok(new) => return Some(new),
                 Err(e) => {
                     self.handler.status.count(|c| &c.waited_for_service);
+                    let (function, partition, offset) = (self.handler.status.name(), message.partition, message.offset);
                     tracing::warn!(function, partition, offset, ?backoff, "cannot start the record yet: {e}");
                 }
             }
