@@ -487,6 +487,7 @@ impl Trigger {
             deployment: self.deployment.clone(),
             metrics: self.metrics.clone(),
             version_metrics: None,
+            name: Arc::from(self.status.name()),
         }
     }
 
@@ -658,11 +659,12 @@ impl Worker {
 
     /// One record's run, as a task of its own.
     fn record(
-        &self,
+        &mut self,
         message: Message,
         new_record: bool,
         flags: Arc<WorkerFlags>,
     ) -> impl Future<Output = (Option<Vec<u8>>, Step)> + Send + 'static {
+        self.handler.resolve_counters();
         let mut handler = self.handler.clone();
         let mut fence = Fence { flags, halt: self.halt.clone(), inside: false };
         async move {
@@ -784,6 +786,8 @@ struct Handler {
     metrics: Metrics,
     /// The counters of the version last run.
     version_metrics: Option<Arc<VersionMetrics>>,
+    /// The function's name, as the journal keys its calls.
+    name: Arc<str>,
 }
 
 enum Step {
@@ -820,6 +824,18 @@ impl Handler {
         match &self.version_metrics {
             Some(m) if m.version() == version => m.clone(),
             _ => self.version_metrics.insert(Arc::new(self.metrics.version(self.status.name(), version))).clone(),
+        }
+    }
+
+    /// Resolves the counters of the version deployed now, unless they are
+    /// the ones held: a worker does it before each record's run, so the
+    /// runs (clones of its handler) find them, not one lookup each.
+    fn resolve_counters(&mut self) {
+        let deployed = self.deployment.borrow();
+        if self.version_metrics.as_ref().is_none_or(|m| m.version() != deployed.version) {
+            let counters = Arc::new(self.metrics.version(self.status.name(), &deployed.version));
+            drop(deployed);
+            self.version_metrics = Some(counters);
         }
     }
 
@@ -877,7 +893,7 @@ impl Handler {
             self.counters_of(&deployment.version).filtered.inc();
             return Step::Done(Done::Filtered);
         }
-        let name: Arc<str> = Arc::from(self.status.name());
+        let name = self.name.clone();
         let event_id = message
             .headers
             .iter()
