@@ -157,6 +157,16 @@ async fn capabilities_are_limited_to_the_grants() {
     assert!(run("write:writable").await.starts_with("Ok("));
     // Written, then readable through the write grant.
     assert!(run("read:writable").await.contains("probe"));
+    // Several updates in one call: refused without the write grant, summed
+    // when they apply, and stopped at the first the server refuses, naming it.
+    assert!(run("update-each:readable").await.contains("NotPermitted"));
+    assert_eq!(run("update-each:writable").await, "Ok(UpdateResult { matched: 2, modified: 2 })");
+    let written = run("read:writable").await;
+    assert!(written.contains(r#"\"seen\":1"#) && written.contains(r#"\"count\":1"#), "{written}");
+    let refused = run("update-each-bad:writable").await;
+    assert!(refused.contains("Invalid(\"update 1: "), "{refused}");
+    let written = run("read:writable").await;
+    assert!(written.contains(r#"\"before\":1"#) && !written.contains("after"), "{written}");
     assert!(run("mail:someone@example.com").await.contains("NotPermitted"));
     assert_eq!(run("config:k").await, "Some(\"v\")");
     assert_eq!(run("config:PATH").await, "None");

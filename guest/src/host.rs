@@ -17,6 +17,9 @@ mod imp {
     pub fn update_many(c: &str, f: &str, u: &str, a: &[String]) -> Result<documents::UpdateResult, documents::DocumentError> {
         wit::documents::update_many(c, f, u, a)
     }
+    pub fn update_each(c: &str, u: &[documents::UpdateStatement]) -> Result<documents::UpdateResult, documents::DocumentError> {
+        wit::documents::update_each(c, u)
+    }
     pub fn send(m: &mail::Message) -> Result<(), mail::MailError> {
         wit::mail::send(m)
     }
@@ -44,6 +47,9 @@ mod imp {
     }
     pub fn update_many(c: &str, f: &str, u: &str, a: &[String]) -> Result<documents::UpdateResult, documents::DocumentError> {
         with_host(|h| h.update_many(c, f, u, a))
+    }
+    pub fn update_each(c: &str, u: &[documents::UpdateStatement]) -> Result<documents::UpdateResult, documents::DocumentError> {
+        with_host(|h| h.update_each(c, u))
     }
     pub fn send(m: &mail::Message) -> Result<(), mail::MailError> {
         with_host(|h| h.send(m))

@@ -12,7 +12,7 @@
 //!   retry later, anything else → give up);
 //! - typed JSON: [`Message::json`] (bad input when the payload does not
 //!   parse), [`documents::insert`], [`documents::find_as`],
-//!   [`documents::update`], [`documents::date`];
+//!   [`documents::update`], [`documents::update_all`], [`documents::date`];
 //! - [`testing`]: run `handle` natively in `cargo test`, against an in-memory
 //!   host (documents, mail, config, logs, clock), as ordinary unit tests.
 //!
@@ -73,7 +73,7 @@ impl Message {
 /// manifest grants. Every call is journaled per record: a record handled
 /// again gets the same answers, and its writes are not done twice.
 pub mod documents {
-    pub use super::wit::documents::{DocumentError, UpdateResult};
+    pub use super::wit::documents::{DocumentError, UpdateResult, UpdateStatement};
     use super::{HandlerError, host};
     use serde::{Serialize, de::DeserializeOwned};
     use serde_json::Value;
@@ -96,6 +96,36 @@ pub mod documents {
         array_filters: &[String],
     ) -> Result<UpdateResult, DocumentError> {
         host::update_many(collection, filter, update, array_filters)
+    }
+
+    /// Applies several updates to `collection` in one request to the
+    /// database, in order; the result sums theirs. When one fails, the
+    /// error names it, the ones before it are applied and the ones after
+    /// it are not.
+    pub fn update_each(collection: &str, updates: &[UpdateStatement]) -> Result<UpdateResult, DocumentError> {
+        host::update_each(collection, updates)
+    }
+
+    /// One update of [`update_all`]: `update` applied to every document
+    /// `filter` matches, `array_filters` naming its `$[identifier]` paths.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Update {
+        pub filter: Value,
+        pub update: Value,
+        pub array_filters: Vec<Value>,
+    }
+
+    /// [`update_each`] with JSON values: all of `updates` in one request.
+    pub fn update_all(collection: &str, updates: &[Update]) -> Result<UpdateResult, DocumentError> {
+        let statements: Vec<UpdateStatement> = updates
+            .iter()
+            .map(|u| UpdateStatement {
+                filter: u.filter.to_string(),
+                update: u.update.to_string(),
+                array_filters: u.array_filters.iter().map(Value::to_string).collect(),
+            })
+            .collect();
+        update_each(collection, &statements)
     }
 
     /// Inserts `document`, serialized to JSON; returns its `_id`.

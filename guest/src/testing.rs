@@ -14,7 +14,8 @@
 //! Documents are kept per collection as JSON values. `find` matches
 //! top-level fields by equality (what unit tests need); `update_many` is
 //! recorded in [`TestHost::updates`] and answered with
-//! [`TestHost::update_result`]. Collections outside
+//! [`TestHost::update_result`], and so is `update_each` (each of its
+//! updates recorded, one answer for all). Collections outside
 //! [`TestHost::grant`]s, when any are given, are `not-permitted`, as are
 //! mails unless [`TestHost::allow_mail`].
 
@@ -24,7 +25,11 @@ use serde_json::Value;
 
 use crate::{
     Message,
-    wit::{documents::{DocumentError, UpdateResult}, logging::Level, mail},
+    wit::{
+        documents::{DocumentError, UpdateResult, UpdateStatement},
+        logging::Level,
+        mail,
+    },
 };
 
 /// An in-memory stand-in for the host's capabilities; see the module docs.
@@ -36,7 +41,8 @@ pub struct TestHost {
     pub logs: Vec<(Level, String)>,
     /// What `clock::now_ms` answers.
     pub now_ms: i64,
-    /// `update_many` calls: collection, filter, update, array filters.
+    /// `update_many` calls and `update_each`'s updates: collection, filter,
+    /// update, array filters.
     pub updates: Vec<(String, Value, Value, Vec<Value>)>,
     pub update_result: UpdateResult,
     /// Collections the function may use; empty: all.
@@ -165,6 +171,14 @@ impl TestHost {
         let parse = |text: &str| serde_json::from_str::<Value>(text).map_err(|e| DocumentError::Invalid(e.to_string()));
         let array_filters = array_filters.iter().map(|f| parse(f)).collect::<Result<_, _>>()?;
         self.updates.push((collection.into(), parse(filter)?, parse(update)?, array_filters));
+        Ok(self.update_result)
+    }
+
+    pub(crate) fn update_each(&mut self, collection: &str, updates: &[UpdateStatement]) -> Result<UpdateResult, DocumentError> {
+        self.check(collection)?;
+        for u in updates {
+            self.update_many(collection, &u.filter, &u.update, &u.array_filters)?;
+        }
         Ok(self.update_result)
     }
 

@@ -61,6 +61,7 @@ async fn serve(
     let relay_producer = EventProducer::new(&cluster, OUTBOX_DELIVERY_TIMEOUT, true)?;
     let services = Services::new(database.clone(), mail, config.capability_timeout);
     let journal = Journal::open(&database, config.capability_timeout).await.context("cannot prepare the journal")?;
+    app::prepare(&database).await.context("cannot prepare the application's collections")?;
     let metrics = Metrics::new();
     let limits = Limits::default();
     let runtime = Runtime::new(services, limits, config.compiled_dir.clone())?;

@@ -9,7 +9,7 @@
 
 use runnel_guest::{Guest, HandlerError, Message, documents, logging};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The roles of a comicbook, as the host's `Role` names them.
 const ROLES: [&str; 8] = ["WRITER", "ARTIST", "PENCILLER", "INKER", "COLORIST", "LETTERER", "COVER_ARTIST", "EDITOR"];
@@ -36,38 +36,32 @@ impl Guest for PersonToComicbook {
             return Err(HandlerError::BadInput(format!("the record's key is not the person's id '{}'", person.id)));
         }
 
-        let result = documents::update("comicbooks", &holding(&person.id), &rename(&person), &[])?;
-        logging::log(logging::Level::Info, &format!("person {} renamed in {} comicbook(s)", person.id, result.modified));
+        let result = documents::update_all("comicbooks", &renames(&person))?;
+        logging::log(logging::Level::Info, &format!("person {} renamed in {} role list(s)", person.id, result.modified));
         Ok(())
     }
 }
 
-/// Every comicbook that lists the person in any role.
-fn holding(id: &str) -> Value {
-    let roles: Vec<Value> = ROLES.iter().map(|role| json!({ format!("persons.{role}._id"): id })).collect();
-    json!({ "$or": roles })
-}
-
-/// One update for all roles: a pipeline stage that rewrites each role list a
-/// comicbook has (the person's entries get the new names, everyone else is
-/// kept as is) and leaves the roles it does not have absent. An update with
-/// `$[id]` array filters cannot do this in one call: it fails on a document
-/// that lacks one of the role lists. The person's values are `$literal`s, so
-/// a name starting with `$` is never read as a field path.
-fn rename(person: &Person) -> Value {
-    let roles: serde_json::Map<String, Value> = ROLES
+/// One update per role, all sent in one request: each finds the
+/// comicbooks that list the person in that role (a filter an index on
+/// `persons.<ROLE>._id` answers) and renames the person's entries there
+/// (the `$[p]` array filter). An update per role, not one over all roles:
+/// `$[p]` fails on a comicbook that lacks the role's list, and one filter
+/// over all roles (an `$or`) is a collection scan on a server that does not
+/// combine indexes. The person's values are set as they are, never read as
+/// operators or field paths.
+fn renames(person: &Person) -> Vec<documents::Update> {
+    ROLES
         .iter()
-        .map(|role| {
-            let list = format!("$persons.{role}");
-            let renamed = json!({ "$map": { "input": list, "as": "p", "in": { "$cond": [
-                { "$eq": ["$$p._id", { "$literal": person.id }] },
-                { "$mergeObjects": ["$$p", { "$literal": { "firstname": person.firstname, "lastname": person.lastname } }] },
-                "$$p",
-            ]}}});
-            (format!("persons.{role}"), json!({ "$cond": [{ "$isArray": list }, renamed, "$$REMOVE"] }))
+        .map(|role| documents::Update {
+            filter: json!({ format!("persons.{role}._id"): person.id }),
+            update: json!({ "$set": {
+                format!("persons.{role}.$[p].firstname"): person.firstname,
+                format!("persons.{role}.$[p].lastname"): person.lastname,
+            }}),
+            array_filters: vec![json!({ "p._id": person.id })],
         })
-        .collect();
-    json!([{ "$set": roles }])
+        .collect()
 }
 
 runnel_guest::export_function!(PersonToComicbook);
@@ -82,21 +76,26 @@ mod tests {
         let mut host = TestHost::new().grant("comicbooks");
         let payload = r#"{"id": "p1", "firstname": "Stan", "lastname": "Lee"}"#;
         host.run(|| PersonToComicbook::handle(message(payload))).unwrap();
-        assert_eq!(host.updates.len(), 1, "one update for all roles");
-        let (collection, filter, update, array_filters) = &host.updates[0];
-        assert_eq!(collection, "comicbooks");
-        assert_eq!(filter["$or"].as_array().unwrap().len(), ROLES.len());
-        assert_eq!(filter["$or"][0], json!({ "persons.WRITER._id": "p1" }));
-        let stage = &update[0]["$set"];
-        for role in ROLES {
-            let list = &stage[format!("persons.{role}")];
-            assert_eq!(list["$cond"][0], json!({ "$isArray": format!("$persons.{role}") }));
-            assert_eq!(list["$cond"][2], "$$REMOVE", "a role the comicbook lacks stays absent");
-            let replaced = &list["$cond"][1]["$map"]["in"]["$cond"];
-            assert_eq!(replaced[0], json!({ "$eq": ["$$p._id", { "$literal": "p1" }] }));
-            assert_eq!(replaced[1]["$mergeObjects"][1], json!({ "$literal": { "firstname": "Stan", "lastname": "Lee" } }));
+        assert_eq!(host.updates.len(), ROLES.len(), "one update per role, in one call");
+        for ((collection, filter, update, array_filters), role) in host.updates.iter().zip(ROLES) {
+            assert_eq!(collection, "comicbooks");
+            assert_eq!(filter, &json!({ format!("persons.{role}._id"): "p1" }));
+            assert_eq!(update, &json!({ "$set": {
+                format!("persons.{role}.$[p].firstname"): "Stan",
+                format!("persons.{role}.$[p].lastname"): "Lee",
+            }}));
+            assert_eq!(array_filters, &vec![json!({ "p._id": "p1" })]);
         }
-        assert!(array_filters.is_empty());
+    }
+
+    #[test]
+    fn names_that_look_like_operators_are_set_as_they_are() {
+        let mut host = TestHost::new().grant("comicbooks");
+        let payload = r#"{"id": "p1", "firstname": "$set", "lastname": "$$ROOT"}"#;
+        host.run(|| PersonToComicbook::handle(message(payload))).unwrap();
+        let (_, _, update, _) = &host.updates[0];
+        assert_eq!(update["$set"]["persons.WRITER.$[p].firstname"], "$set");
+        assert_eq!(update["$set"]["persons.WRITER.$[p].lastname"], "$$ROOT");
     }
 
     #[test]

@@ -17,6 +17,12 @@ pub fn topics() -> Vec<String> {
     vec![domain::store::STORE_ALERTS_TOPIC.to_string(), domain::person::PERSON_TOPIC.to_string()]
 }
 
+/// Prepares the application's collections (their indexes), at start.
+pub async fn prepare(database: &mongodb::Database) -> anyhow::Result<()> {
+    storage::comicbooks::ensure_indexes(database).await?;
+    Ok(())
+}
+
 /// The collections whose documents hold events waiting to be published
 /// (see the platform's outbox): those of resources with `updated_event`.
 pub fn outbox_collections() -> Vec<&'static str> {

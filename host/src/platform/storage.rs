@@ -92,5 +92,15 @@ pub fn classify(e: &mongodb::error::Error) -> ErrorClass {
         // I/O, server selection, pools cleared, DNS, authentication, …
         _ => return ErrorClass::Unavailable,
     };
-    if RETRYABLE_CODES.contains(&code) { ErrorClass::Unavailable } else { ErrorClass::Invalid }
+    classify_code(code)
+}
+
+/// Classifies a server error code (of a write error in a command's reply,
+/// say) by what retrying can fix.
+pub fn classify_code(code: i32) -> ErrorClass {
+    match code {
+        11000 => ErrorClass::Conflict,
+        c if RETRYABLE_CODES.contains(&c) => ErrorClass::Unavailable,
+        _ => ErrorClass::Invalid,
+    }
 }

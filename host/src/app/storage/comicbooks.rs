@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use mongodb::bson::{Document, doc};
+use mongodb::{
+    Database, IndexModel,
+    bson::{Document, doc},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::app::domain::comicbook::{Comicbook, PersonRef, Role};
@@ -67,4 +70,14 @@ pub fn embedding(id: &str) -> Document {
     let any_role: Vec<Document> =
         Role::ALL.iter().map(|role| doc! { format!("persons.{}._id", role.as_str()): id }).collect();
     doc! { "$or": any_role }
+}
+
+/// One index per role on the embedded persons' ids: what finds the
+/// comicbooks crediting a person (deleting a person; `person-to-comicbook`'s
+/// rename, one update per role), instead of reading every comicbook. Made
+/// at start; an index that exists already is left as it is.
+pub async fn ensure_indexes(database: &Database) -> mongodb::error::Result<()> {
+    let indexes = Role::ALL.iter().map(|role| IndexModel::builder().keys(doc! { format!("persons.{}._id", role.as_str()): 1 }).build());
+    database.collection::<Document>(COLLECTION).create_indexes(indexes).await?;
+    Ok(())
 }

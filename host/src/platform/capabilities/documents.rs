@@ -19,7 +19,7 @@ use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
 use futures::TryStreamExt;
 use mongodb::{
     Database,
-    bson::{Bson, Document},
+    bson::{Bson, Document, doc},
     options::{UpdateModifications, UpdateOptions},
 };
 use serde::{Deserialize, Deserializer};
@@ -122,6 +122,9 @@ fn parse_document(what: &str, json: &str) -> Result<Document, wit::DocumentError
     }
 }
 
+/// The most updates one `update-each` takes.
+const MAX_STATEMENTS: usize = 1000;
+
 /// An update: a document of update operators, or an aggregation pipeline
 /// (an array of stages), which can change arrays that only some documents
 /// have.
@@ -138,6 +141,45 @@ fn parse_update(json: &str) -> Result<UpdateModifications, wit::DocumentError> {
             .map(UpdateModifications::Pipeline),
         _ => Err(wit::DocumentError::Invalid("update must be a JSON object or an array of pipeline stages".into())),
     }
+}
+
+/// One statement of an `update` command: `update` applied to every
+/// document `filter` matches.
+fn statement(filter: &str, update: &str, array_filters: &[String]) -> Result<Document, wit::DocumentError> {
+    let q = parse_document("filter", filter)?;
+    // What `parse_update` checked, as the command takes it.
+    let u = parse_update(update).and_then(|_| parse_bson("update", update))?;
+    let mut statement = doc! { "q": q, "u": u, "multi": true };
+    if !array_filters.is_empty() {
+        let parsed = array_filters.iter().map(|f| parse_document("array filter", f).map(Bson::Document)).collect::<Result<Vec<_>, _>>()?;
+        statement.insert("arrayFilters", parsed);
+    }
+    Ok(statement)
+}
+
+/// The reply of an ordered `update` command: the counts it sums, or its
+/// first write error (the one that stopped it), naming the update.
+fn update_reply(reply: &Document) -> Result<wit::UpdateResult, wit::DocumentError> {
+    let number = |d: &Document, key: &str| match d.get(key) {
+        Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Double(n)) if *n >= 0.0 => *n as u64,
+        _ => 0,
+    };
+    if let Some(Bson::Document(first)) = reply.get_array("writeErrors").ok().and_then(|errors| errors.first()) {
+        let code = i32::try_from(number(first, "code")).unwrap_or(0);
+        let message = format!("update {}: {}", number(first, "index"), first.get_str("errmsg").unwrap_or("refused"));
+        return Err(match storage::classify_code(code) {
+            ErrorClass::Conflict => wit::DocumentError::Conflict(message),
+            ErrorClass::Invalid => wit::DocumentError::Invalid(message),
+            ErrorClass::Unavailable => wit::DocumentError::Unavailable(message),
+        });
+    }
+    if let Ok(concern) = reply.get_document("writeConcernError") {
+        let message = concern.get_str("errmsg").unwrap_or("write concern not satisfied");
+        return Err(wit::DocumentError::Unavailable(format!("the updates were applied but not confirmed: {message}")));
+    }
+    Ok(wit::UpdateResult { matched: number(reply, "n"), modified: number(reply, "nModified") })
 }
 
 fn parse_bson(what: &str, json: &str) -> Result<Bson, wit::DocumentError> {
@@ -252,5 +294,75 @@ impl wit::Host for State {
             })
             .await
             .unwrap_or_else(|e| Err(journal_error(e)))
+    }
+
+    async fn update_each(
+        &mut self,
+        collection: String,
+        updates: Vec<wit::UpdateStatement>,
+    ) -> Result<wit::UpdateResult, wit::DocumentError> {
+        self.collection(&collection, true)?;
+        if updates.len() > MAX_STATEMENTS {
+            return Err(wit::DocumentError::Invalid(format!("{} updates in one call; at most {MAX_STATEMENTS}", updates.len())));
+        }
+        if updates.is_empty() {
+            return Ok(wit::UpdateResult { matched: 0, modified: 0 });
+        }
+        let statements = updates
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                statement(&u.filter, &u.update, &u.array_filters).map(Bson::Document).map_err(|e| match e {
+                    wit::DocumentError::Invalid(m) => wit::DocumentError::Invalid(format!("update {i}: {m}")),
+                    other => other,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // One `update` command (every server version has it), ordered: a
+        // failing update stops the ones after it.
+        let command = doc! { "update": &collection, "updates": statements, "ordered": true };
+        let database = self.database.clone();
+        let timeout = self.timeout;
+        let args: Vec<(&str, &str, &[String])> =
+            updates.iter().map(|u| (u.filter.as_str(), u.update.as_str(), u.array_filters.as_slice())).collect();
+        self.calls
+            .run("documents.update-each", true, &(&collection, &args), keep, |_| {
+                bounded(timeout, async move { update_reply(&database.run_command(command).await.map_err(database_error)?) })
+            })
+            .await
+            .unwrap_or_else(|e| Err(journal_error(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_reply_sums_or_names_the_failing_update() {
+        let ok = update_reply(&doc! { "n": 5, "nModified": 3_i64, "ok": 1.0 }).unwrap();
+        assert_eq!((ok.matched, ok.modified), (5, 3));
+        let failed = doc! { "n": 2, "nModified": 2, "writeErrors": [{ "index": 1, "code": 2, "errmsg": "The path 'persons.INKER' must exist" }] };
+        match update_reply(&failed) {
+            Err(wit::DocumentError::Invalid(m)) => assert_eq!(m, "update 1: The path 'persons.INKER' must exist"),
+            other => panic!("{other:?}"),
+        }
+        let duplicate = doc! { "n": 0, "writeErrors": [{ "index": 0, "code": 11000, "errmsg": "dup" }] };
+        assert!(matches!(update_reply(&duplicate), Err(wit::DocumentError::Conflict(_))));
+        let stepped_down = doc! { "n": 0, "writeErrors": [{ "index": 0, "code": 189, "errmsg": "stepped down" }] };
+        assert!(matches!(update_reply(&stepped_down), Err(wit::DocumentError::Unavailable(_))));
+        let unconfirmed = doc! { "n": 1, "nModified": 1, "writeConcernError": { "code": 64, "errmsg": "waiting" } };
+        assert!(matches!(update_reply(&unconfirmed), Err(wit::DocumentError::Unavailable(_))));
+    }
+
+    #[test]
+    fn a_statement_carries_its_array_filters_and_pipelines() {
+        let s = statement(r#"{"a":1}"#, r#"{"$set":{"l.$[p].x":1}}"#, &[r#"{"p.id":2}"#.to_string()]).unwrap();
+        assert_eq!(s, doc! { "q": { "a": 1 }, "u": { "$set": { "l.$[p].x": 1 } }, "multi": true, "arrayFilters": [{ "p.id": 2 }] });
+        let p = statement("{}", r#"[{"$set":{"x":1}}]"#, &[]).unwrap();
+        assert_eq!(p.get_array("u").unwrap().len(), 1);
+        assert!(!p.contains_key("arrayFilters"));
+        assert!(matches!(statement("[]", "{}", &[]), Err(wit::DocumentError::Invalid(_))));
+        assert!(matches!(statement("{}", "3", &[]), Err(wit::DocumentError::Invalid(_))));
     }
 }
