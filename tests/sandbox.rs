@@ -83,6 +83,11 @@ async fn the_sandbox_holds(probe: &str) {
         let f = f.clone();
         async move { reported(f.handle(&message(&payload)).await) }
     };
+    // The SDK's update-each reaches the host, which checks the grant.
+    let refused = run("update-each:readable".into()).await;
+    assert!(refused.starts_with("Err(") && refused.contains("not granted"), "{probe}: {refused}");
+    let updated = run("update-each:writable".into()).await;
+    assert!(updated.starts_with("Ok(") && updated.contains("matched"), "{probe}: {updated}");
     // A file the host can read, and a port it listens on.
     let host_file = std::env::current_exe().unwrap().display().to_string();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

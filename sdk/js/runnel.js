@@ -124,6 +124,18 @@ export const documents = {
     );
     return { matched: Number(result.matched), modified: Number(result.modified) };
   },
+  /** Several updates of `collection` in one request, in order: each
+   * `{ filter, update, arrayFilters }` (`arrayFilters` optional), as for
+   * `updateMany`. The result sums theirs; when one fails, the error names it,
+   * the ones before it are applied and the ones after it are not. */
+  updateEach(collection, updates) {
+    const statements = updates.map((u) => ({
+      filter: JSON.stringify(u.filter), update: JSON.stringify(u.update),
+      arrayFilters: (u.arrayFilters || []).map((f) => JSON.stringify(f)),
+    }));
+    const result = call(witDocuments.updateEach, collection, statements);
+    return { matched: Number(result.matched), modified: Number(result.modified) };
+  },
   date(ms) {
     return { $date: { $numberLong: String(ms) } };
   },

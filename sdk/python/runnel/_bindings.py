@@ -64,5 +64,10 @@ class Component:
         result = self._call(self._documents.update_many, collection, filter, update, array_filters)
         return result.matched, result.modified
 
+    def update_each(self, collection: str, statements: List[Tuple[str, str, List[str]]]) -> Tuple[int, int]:
+        records = [self._documents.UpdateStatement(filter=f, update=u, array_filters=a) for f, u, a in statements]
+        result = self._call(self._documents.update_each, collection, records)
+        return result.matched, result.modified
+
     def send(self, to: List[str], subject: str, body: str) -> None:
         self._call(self._mail.send, self._mail.Message(to=to, subject=subject, body=body))

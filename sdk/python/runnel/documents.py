@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from . import _bindings
 
@@ -44,6 +44,23 @@ def update_many(
     matched, modified = _bindings.host().update_many(
         collection, json.dumps(filter), json.dumps(update), [json.dumps(f) for f in array_filters]
     )
+    return UpdateResult(matched, modified)
+
+
+def update_each(collection: str, updates: Iterable[Sequence[Any]]) -> UpdateResult:
+    """Applies several updates to ``collection`` in one request to the
+    database, in order: each is ``(filter, update)`` or ``(filter, update,
+    array_filters)``, as for :func:`update_many`. The result sums theirs;
+    when one fails, the error names it, the ones before it are applied and
+    the ones after it are not."""
+    statements = []
+    for i, u in enumerate(updates):
+        u = tuple(u)
+        if len(u) not in (2, 3):
+            raise TypeError(f"update {i}: expected (filter, update) or (filter, update, array_filters), got {len(u)} items")
+        filter, update, array_filters = u if len(u) == 3 else (*u, ())
+        statements.append((json.dumps(filter), json.dumps(update), [json.dumps(f) for f in array_filters]))
+    matched, modified = _bindings.host().update_each(collection, statements)
     return UpdateResult(matched, modified)
 
 

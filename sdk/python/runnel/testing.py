@@ -11,7 +11,8 @@
 
 Documents are kept per collection; ``find`` matches top-level fields by
 equality, which is what unit tests need; ``update_many`` is recorded in
-``host.updates`` and answered with ``update_result``. With ``grants``, other
+``host.updates`` and answered with ``update_result``, and so is
+``update_each`` (each of its updates recorded, one answer for all). With ``grants``, other
 collections are not permitted; ``mail_allowed=False`` refuses mail; a
 duplicate ``_id`` is a conflict; ``unavailable`` (a set of capability names:
 "documents", "mail") makes those answer ``Unavailable``, as during an outage.
@@ -92,6 +93,12 @@ class TestHost:
     def update_many(self, collection: str, filter: str, update: str, array_filters: List[str]) -> Tuple[int, int]:
         self._check(collection)
         self.updates.append((collection, json.loads(filter), json.loads(update), [json.loads(f) for f in array_filters]))
+        return self.update_result
+
+    def update_each(self, collection: str, statements: List[Tuple[str, str, List[str]]]) -> Tuple[int, int]:
+        self._check(collection)
+        for filter, update, array_filters in statements:
+            self.update_many(collection, filter, update, array_filters)
         return self.update_result
 
     def send(self, to: List[str], subject: str, body: str) -> None:

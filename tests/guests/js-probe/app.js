@@ -2,7 +2,7 @@
 // record's payload says; what the sandbox let it do comes back as the text of
 // a give-up. The JavaScript runtime has no file, environment or socket API of
 // its own: the probe reports what it finds, and tries `fetch`.
-import { BadInput, GiveUp, RetryLater } from "runnel";
+import { BadInput, GiveUp, RetryLater, documents } from "runnel";
 
 function attempt(fn) {
   try {
@@ -43,6 +43,12 @@ export function handle(message) {
         fetch(`http://${arg}/`).then(() => { result = "connected"; }, (e) => { result = `refused: ${e}`; });
         return result;
       }));
+    case "update-each":
+      // Two updates of nothing in particular, in one call.
+      throw new GiveUp(attempt(() => JSON.stringify(documents.updateEach(arg, [
+        { filter: { probe: true }, update: { $set: { seen: 1 } } },
+        { filter: { probe: true }, update: { $inc: { count: 1 } }, arrayFilters: [] },
+      ]))));
     case "print": {
       const line = "x".repeat(1023);
       for (let i = 0; i < Number(arg) * 1024; i++) console.log(line);

@@ -34,6 +34,10 @@ def handle(message: runnel.Message) -> None:
     if verb == "connect":
         host, _, port = arg.rpartition(":")
         raise runnel.GiveUp(attempt(lambda: socket.create_connection((host, int(port)), timeout=2) and "connected"))
+    if verb == "update-each":
+        # Two updates of nothing in particular, in one call.
+        updates = [({"probe": True}, {"$set": {"seen": 1}}), ({"probe": True}, {"$inc": {"count": 1}}, [])]
+        raise runnel.GiveUp(attempt(lambda: runnel.documents.update_each(arg, updates)))
     if verb == "print":
         line = "x" * 1023 + "\n"
         for _ in range(int(arg) * 1024):
