@@ -87,6 +87,10 @@ use tracing::Instrument;
 const STATISTICS_INTERVAL_MS: &str = "1000";
 /// How often stored offsets are committed.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long the consumer is not polled after it reported an error; the
+/// trigger's other work (ticks, assignments, stopping) goes on meanwhile.
+const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(500);
 /// Records a partition's worker has taken and not started yet; past this,
 /// it stops reading its partition's queue until one starts.
 const QUEUED_PER_PARTITION: usize = 64;
@@ -411,6 +415,11 @@ impl Trigger {
         // A worker that panicked: the trigger ends the same way, once the
         // others have stopped, so that its supervisor starts it again.
         let mut crashed: Option<Box<dyn std::any::Any + Send>> = None;
+        // After a consumer error, the consumer is left alone for a moment
+        // (librdkafka recovers by itself), while the rest goes on.
+        let quiet = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(quiet);
+        let mut quieted = false;
         let state = loop {
             tokio::select! {
                 () = stopped(&mut stop) => break FunctionState::Stopped,
@@ -434,7 +443,8 @@ impl Trigger {
                 }
                 // Serves the consumer's events; its records all come on the
                 // partitions' own queues.
-                record = consumer.recv() => match record {
+                () = &mut quiet, if quieted => quieted = false,
+                record = consumer.recv(), if !quieted => match record {
                     Ok(record) => {
                         // Not stored: it is seen again by the consumer made afresh.
                         let (partition, offset) = (record.partition(), record.offset());
@@ -445,7 +455,8 @@ impl Trigger {
                     Err(e) => {
                         // librdkafka recovers from broker errors by itself.
                         tracing::warn!(function = %name, "consumer error: {e}");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        quiet.as_mut().reset(tokio::time::Instant::now() + CONSUMER_ERROR_PAUSE);
+                        quieted = true;
                     }
                 },
                 _ = tick.tick() => {
