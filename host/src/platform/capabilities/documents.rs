@@ -129,16 +129,25 @@ const MAX_STATEMENTS: usize = 1000;
 /// (an array of stages), which can change arrays that only some documents
 /// have.
 fn parse_update(json: &str) -> Result<UpdateModifications, wit::DocumentError> {
-    match parse_bson("update", json)? {
+    let stage = |stage: Bson| match stage {
+        Bson::Document(d) => Some(d),
+        _ => None,
+    };
+    match parse_update_bson(json)? {
         Bson::Document(d) => Ok(UpdateModifications::Document(d)),
-        Bson::Array(stages) => stages
-            .into_iter()
-            .map(|stage| match stage {
-                Bson::Document(d) => Ok(d),
-                _ => Err(wit::DocumentError::Invalid("every stage of an update pipeline must be a JSON object".into())),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(UpdateModifications::Pipeline),
+        // Every stage is a document: checked there.
+        Bson::Array(stages) => Ok(UpdateModifications::Pipeline(stages.into_iter().filter_map(stage).collect())),
+        _ => Err(wit::DocumentError::Invalid("update must be a JSON object or an array of pipeline stages".into())),
+    }
+}
+
+/// An update as BSON, checked to be a document or an array of documents.
+fn parse_update_bson(json: &str) -> Result<Bson, wit::DocumentError> {
+    match parse_bson("update", json)? {
+        Bson::Array(stages) if !stages.iter().all(|stage| matches!(stage, Bson::Document(_))) => {
+            Err(wit::DocumentError::Invalid("every stage of an update pipeline must be a JSON object".into()))
+        }
+        update @ (Bson::Document(_) | Bson::Array(_)) => Ok(update),
         _ => Err(wit::DocumentError::Invalid("update must be a JSON object or an array of pipeline stages".into())),
     }
 }
@@ -147,8 +156,7 @@ fn parse_update(json: &str) -> Result<UpdateModifications, wit::DocumentError> {
 /// document `filter` matches.
 fn statement(filter: &str, update: &str, array_filters: &[String]) -> Result<Document, wit::DocumentError> {
     let q = parse_document("filter", filter)?;
-    // What `parse_update` checked, as the command takes it.
-    let u = parse_update(update).and_then(|_| parse_bson("update", update))?;
+    let u = parse_update_bson(update)?;
     let mut statement = doc! { "q": q, "u": u, "multi": true };
     if !array_filters.is_empty() {
         let parsed = array_filters.iter().map(|f| parse_document("array filter", f).map(Bson::Document)).collect::<Result<Vec<_>, _>>()?;
@@ -364,5 +372,7 @@ mod tests {
         assert!(!p.contains_key("arrayFilters"));
         assert!(matches!(statement("[]", "{}", &[]), Err(wit::DocumentError::Invalid(_))));
         assert!(matches!(statement("{}", "3", &[]), Err(wit::DocumentError::Invalid(_))));
+        assert!(matches!(statement("{}", "[1]", &[]), Err(wit::DocumentError::Invalid(m)) if m.contains("every stage")));
+        assert!(matches!(parse_update(r#"[{"$set":{"x":1}}]"#), Ok(UpdateModifications::Pipeline(p)) if p.len() == 1));
     }
 }
