@@ -801,6 +801,15 @@ struct Handler {
     name: Arc<str>,
 }
 
+/// The counters of `version`: those `held` when they are its, else looked
+/// up and held from now on.
+fn held_counters(held: &mut Option<Arc<VersionMetrics>>, metrics: &Metrics, function: &str, version: &str) -> Arc<VersionMetrics> {
+    match held {
+        Some(m) if m.version() == version => m.clone(),
+        _ => held.insert(Arc::new(metrics.version(function, version))).clone(),
+    }
+}
+
 enum Step {
     /// The record may be committed.
     Done(Done),
@@ -832,10 +841,7 @@ impl Handler {
 
     /// The counters of `version`.
     fn counters_of(&mut self, version: &str) -> Arc<VersionMetrics> {
-        match &self.version_metrics {
-            Some(m) if m.version() == version => m.clone(),
-            _ => self.version_metrics.insert(Arc::new(self.metrics.version(self.status.name(), version))).clone(),
-        }
+        held_counters(&mut self.version_metrics, &self.metrics, self.status.name(), version)
     }
 
     /// Resolves the counters of the version deployed now, unless they are
@@ -843,11 +849,7 @@ impl Handler {
     /// runs (clones of its handler) find them, not one lookup each.
     fn resolve_counters(&mut self) {
         let deployed = self.deployment.borrow();
-        if self.version_metrics.as_ref().is_none_or(|m| m.version() != deployed.version) {
-            let counters = Arc::new(self.metrics.version(self.status.name(), &deployed.version));
-            drop(deployed);
-            self.version_metrics = Some(counters);
-        }
+        held_counters(&mut self.version_metrics, &self.metrics, self.status.name(), &deployed.version);
     }
 
     /// Whether another version was deployed while the last call ran: then
