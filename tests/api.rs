@@ -338,7 +338,7 @@ async fn updates_are_saved_while_the_broker_hangs_and_announced_after() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    support::eventually(std::time::Duration::from_secs(10), "the broker", || async move {
+    support::eventually(std::time::Duration::from_secs(60), "the broker", || async move {
         tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
     })
     .await;
@@ -384,7 +384,7 @@ async fn updates_are_saved_while_the_broker_hangs_and_announced_after() {
     event_ids.dedup();
     assert_eq!(event_ids.len(), 6);
 
-    support::eventually(std::time::Duration::from_secs(10), "the deletion once the events are out", || async {
+    support::eventually(std::time::Duration::from_secs(60), "the deletion once the events are out", || async {
         let (status, _) = host.send(Method::DELETE, &path, None).await;
         (status == StatusCode::NO_CONTENT).then_some(())
     })

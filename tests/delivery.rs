@@ -134,7 +134,9 @@ async fn other_keys_pass_a_retried_record_and_its_own_key_waits() {
     deploy(&host, name, &manifest, &support::fixture("probe")).await;
     counter_reaches(&host, name, "assignments", 1, Duration::from_secs(60)).await;
 
-    let hold = Duration::from_secs(10);
+    // Long enough for the records to be produced and counted, and the
+    // committed offset read, on a loaded machine.
+    let hold = Duration::from_secs(30);
     let until = chrono::Utc::now().timestamp_millis() + hold.as_millis() as i64;
     let started = Instant::now();
     produce(&servers.kafka_brokers, &topic, Some(0), "slow", format!("retry-until:{until}").as_bytes(), &[]).await;
@@ -154,8 +156,8 @@ async fn other_keys_pass_a_retried_record_and_its_own_key_waits() {
     assert!(committed.is_none_or(|o| o == 0), "committed past the unfinished record: {committed:?}");
 
     // Once the first record is done, its key's next one runs, and all seven are committed.
-    counter_reaches(&host, name, "handled", 7, Duration::from_secs(30)).await;
-    eventually(Duration::from_secs(10), "offset 7 committed", || async {
+    counter_reaches(&host, name, "handled", 7, hold + Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(30), "offset 7 committed", || async {
         (support::committed_offset(&servers.kafka_brokers, &group, &topic, 0).await == Some(7)).then_some(())
     })
     .await;
@@ -216,7 +218,7 @@ async fn journal_cost_per_call() {
     let servers = Servers::from_env();
     let client = mongodb::Client::with_uri_str(&servers.mongodb_uri).await.unwrap();
     let database = client.database(&format!("journal_cost_{}", uuid::Uuid::new_v4().simple()));
-    let journal = Journal::open(&database, Duration::from_secs(5)).await.unwrap();
+    let journal = Journal::open(&database, Duration::from_secs(30)).await.unwrap();
     let plain = database.collection::<mongodb::bson::Document>("plain");
     let function: std::sync::Arc<str> = std::sync::Arc::from("cost");
     let keep = |_: &u32| true;

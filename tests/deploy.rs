@@ -181,7 +181,7 @@ async fn a_deploy_on_one_host_is_served_by_every_host() {
         let (status, deployed) = a.deploy(&name, &manifest, &recorder).await;
         assert_eq!(status, StatusCode::OK, "{deployed}");
         let version = deployed["activeVersion"].as_str().unwrap().to_string();
-        let latency = eventually(Duration::from_secs(2), "host B running the new version", || async {
+        let latency = eventually(Duration::from_secs(30), "host B running the new version", || async {
             let f = b.get_json(&format!("/admin/functions/{name}")).await;
             (f["running"]["version"] == version.as_str() && f["state"] == "running").then(|| started.elapsed())
         })

@@ -190,7 +190,7 @@ async fn traps_loops_and_memory_hogs_end_the_call_not_the_host() {
     let Outcome::Failed(e) = f.handle(&message("loop")).await else { panic!("a loop must fail the call") };
     let took = started.elapsed();
     assert!(format!("{e:#}").contains("ran longer than"), "{e:#}");
-    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(5), "{took:?}");
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "{took:?}");
 
     let Outcome::Failed(_) = f.handle(&message("grow")).await else { panic!("256 MiB must fail under a 32 MiB cap") };
 
@@ -223,10 +223,10 @@ async fn fresh_instances_share_nothing_and_reused_ones_are_bounded() {
     let Outcome::Failed(_) = reused.handle(&message("trap")).await else { panic!("a trap") };
     assert_eq!(count(&reused).await, "1");
     // And so does age.
-    let aged = rt.load("probe", &fixture("probe"), grants(&rt)).await.unwrap().reusing(100, Duration::from_millis(200));
+    let aged = rt.load("probe", &fixture("probe"), grants(&rt)).await.unwrap().reusing(100, Duration::from_secs(2));
     assert_eq!(count(&aged).await, "1");
     assert_eq!(count(&aged).await, "2");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(count(&aged).await, "1");
 }
 

@@ -335,7 +335,14 @@ pub async fn committed_offset(brokers: &str, group: &str, topic: &str, partition
             .unwrap();
         let mut list = rdkafka::TopicPartitionList::new();
         list.add_partition(&topic, partition);
-        let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+        // The group's coordinator may be slow to find on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let committed = loop {
+            match consumer.committed_offsets(list.clone(), Duration::from_secs(30)) {
+                Ok(committed) => break committed,
+                Err(e) => assert!(Instant::now() < deadline, "the committed offset of {group} on {topic}/{partition}: {e}"),
+            }
+        };
         match committed.find_partition(&topic, partition).map(|p| p.offset()) {
             Some(rdkafka::Offset::Offset(offset)) => Some(offset),
             _ => None,
