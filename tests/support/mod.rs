@@ -340,7 +340,11 @@ pub async fn committed_offset(brokers: &str, group: &str, topic: &str, partition
         let committed = loop {
             match consumer.committed_offsets(list.clone(), Duration::from_secs(30)) {
                 Ok(committed) => break committed,
-                Err(e) => assert!(Instant::now() < deadline, "the committed offset of {group} on {topic}/{partition}: {e}"),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "the committed offset of {group} on {topic}/{partition}: {e}");
+                    // Some errors come back at once: not a busy loop.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
             }
         };
         match committed.find_partition(&topic, partition).map(|p| p.offset()) {
