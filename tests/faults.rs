@@ -302,7 +302,7 @@ macro_rules! once_answered {
 /// others are retried until answered (see [`once_answered`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_raise_of_the_journal_mark_is_written_again_before_a_record_past_it() {
-    use runnel::platform::journal::{Journal, MARK_STEP};
+    use runnel::platform::journal::{Journal, MARK_STEP, MAX_MARK_STEP};
     const TIMEOUT: Duration = Duration::from_secs(2);
     let own = OwnServers::start().await;
     let client = mongodb::Client::with_uri_str(&own.servers.mongodb_uri).await.unwrap();
@@ -331,11 +331,25 @@ async fn a_failed_raise_of_the_journal_mark_is_written_again_before_a_record_pas
     signal(pid, "CONT");
     assert!(refused.is_err(), "a record past the mark started while no raise covering it was written");
 
-    // The database is back: the worker's raise is written.
+    // The database is back: the worker's raise is written (a step further
+    // than the first: raises that close together double it).
     assert!(once_answered!("the raise once the database is back", mark.ensure(MARK_STEP).await));
-    assert_eq!(once_answered!("reading the raised mark", journal.mark(function, topic, 0).await), 2 * MARK_STEP);
+    let raised = mark.raised().unwrap();
+    assert!(raised > 2 * MARK_STEP, "the step did not grow between raises a moment apart: raised to {raised}");
+    assert_eq!(once_answered!("reading the raised mark", journal.mark(function, topic, 0).await), raised);
     // The partition's next owner reads the journal of every record up to there.
     let mut next_owner = journal.partition_mark(function, topic, 0);
-    assert!(!once_answered!("the next owner's last record below the mark", next_owner.ensure(2 * MARK_STEP - 1).await));
-    assert!(once_answered!("the next owner's first record past the mark", next_owner.ensure(2 * MARK_STEP).await));
+    assert!(!once_answered!("the next owner's last record below the mark", next_owner.ensure(raised - 1).await));
+    assert!(once_answered!("the next owner's first record past the mark", next_owner.ensure(raised).await));
+
+    // A fast flow writes its mark a few times, not once per MARK_STEP
+    // records: 200,000 records at once, as fast as the database answers.
+    let before = next_owner.raises();
+    for offset in raised..raised + 200_000 {
+        assert!(once_answered!("a record of the fast flow", next_owner.ensure(offset).await));
+    }
+    let raises = next_owner.raises() - before;
+    assert!(raises <= 20, "200,000 records raised the mark {raises} times (one step of {MARK_STEP} would be 200)");
+    let written = once_answered!("reading the mark after the fast flow", journal.mark(function, topic, 0).await);
+    assert!(written > raised + 200_000 - 1 && written <= raised + 200_000 + 2 * MAX_MARK_STEP, "mark {written} after the fast flow");
 }

@@ -52,8 +52,16 @@ use super::runtime::sha256_hex;
 
 /// The collection the journal lives in.
 pub const COLLECTION: &str = "runnel_journal";
-/// How far a partition's mark is raised at a time (see [`Journal::mark`]).
+/// How far a partition's mark is raised at a time at first (see
+/// [`Journal::mark`]); the step doubles while raises come less than
+/// [`MARK_RAISES_APART`] apart, up to [`MAX_MARK_STEP`], and halves back
+/// when they come more than ten times that apart.
 pub const MARK_STEP: i64 = 1000;
+/// The largest step: how many records past its last commit a partition's
+/// next owner reads the journal of, at most.
+pub const MAX_MARK_STEP: i64 = 32 * MARK_STEP;
+/// How often a busy partition's mark is written, at most, once its step has grown.
+pub const MARK_RAISES_APART: Duration = Duration::from_secs(1);
 /// How long a handled record's entries are kept: long enough for a
 /// duplicate of its event to arrive and be answered from them.
 const KEPT_HANDLED: Duration = Duration::from_secs(60 * 60);
@@ -151,7 +159,7 @@ impl Journal {
     /// started a record: records from there on have no journal, and their
     /// first handling need not read it. Raised (with [`Journal::raise_mark`])
     /// before a record past it is started, in steps, so that it costs one
-    /// write per [`MARK_STEP`] records.
+    /// write per step of records (see [`MARK_STEP`]).
     pub async fn mark(&self, function: &str, topic: &str, partition: i32) -> Result<i64, JournalUnavailable> {
         let find = self.entries.find_one(doc! { "_id": Self::mark_id(function, topic, partition) });
         let found = bounded(self.timeout, find.into_future()).await?;
@@ -178,6 +186,9 @@ impl Journal {
             reread_below: None,
             raised: None,
             ahead: None,
+            step: MARK_STEP,
+            last_raise: None,
+            raises: 0,
         }
     }
 
@@ -322,9 +333,11 @@ async fn expire_handled(
 }
 
 /// One partition's journal mark, as the worker that owns the partition
-/// sees it: read when the worker starts, then raised [`MARK_STEP`] offsets
-/// at a time, the next raise written in the background once the records
-/// are half way to it, so that in a steady flow no record waits for it.
+/// sees it: read when the worker starts, then raised a step at a time, the
+/// next raise written in the background once the records are half way to
+/// it, so that in a steady flow no record waits for it. The step grows
+/// with the flow (see [`MARK_STEP`]): a partition taking 100,000 records a
+/// second writes its mark a few times a second, not a hundred.
 pub struct PartitionMark {
     journal: Journal,
     function: Arc<str>,
@@ -337,6 +350,12 @@ pub struct PartitionMark {
     raised: Option<i64>,
     /// The next raise, and its write.
     ahead: Option<(i64, tokio::task::JoinHandle<Result<(), JournalUnavailable>>)>,
+    /// How far the next raise goes past the last.
+    step: i64,
+    /// When the last raise was sent.
+    last_raise: Option<std::time::Instant>,
+    /// Raises sent, written or not.
+    raises: u64,
 }
 
 impl PartitionMark {
@@ -348,7 +367,7 @@ impl PartitionMark {
         // way or not due yet; nothing to do.
         if let (Some(below), Some(raised)) = (self.reread_below, self.raised)
             && offset < raised
-            && (self.ahead.is_some() || offset < raised - MARK_STEP / 2)
+            && (self.ahead.is_some() || offset < raised - self.step / 2)
         {
             return Ok(offset >= below);
         }
@@ -370,7 +389,7 @@ impl PartitionMark {
             let to = match ahead {
                 Some(to) => to,
                 None => {
-                    let to = offset + MARK_STEP;
+                    let to = offset + self.next_step();
                     self.journal.raise_mark(&self.function, &self.topic, self.partition, to).await?;
                     to
                 }
@@ -379,14 +398,42 @@ impl PartitionMark {
         }
         if let Some(raised) = self.raised
             && self.ahead.is_none()
-            && offset >= raised - MARK_STEP / 2
+            && offset >= raised - self.step / 2
         {
             let (journal, function, topic, partition) = (self.journal.clone(), self.function.clone(), self.topic.clone(), self.partition);
-            let to = raised + MARK_STEP;
+            let to = raised + self.next_step();
             let raise = tokio::spawn(async move { journal.raise_mark(&function, &topic, partition, to).await });
             self.ahead = Some((to, raise));
         }
         Ok(offset >= below)
+    }
+}
+
+impl PartitionMark {
+    /// The step of a raise sent now, adapted to how long ago the last one was.
+    fn next_step(&mut self) -> i64 {
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last_raise {
+            let apart = now.duration_since(last);
+            if apart < MARK_RAISES_APART {
+                self.step = (self.step * 2).min(MAX_MARK_STEP);
+            } else if apart > MARK_RAISES_APART * 10 {
+                self.step = (self.step / 2).max(MARK_STEP);
+            }
+        }
+        self.last_raise = Some(now);
+        self.raises += 1;
+        self.step
+    }
+
+    /// The offset this worker has raised the mark to, once it has.
+    pub fn raised(&self) -> Option<i64> {
+        self.raised
+    }
+
+    /// How many raises this worker has sent.
+    pub fn raises(&self) -> u64 {
+        self.raises
     }
 }
 

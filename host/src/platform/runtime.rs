@@ -577,15 +577,19 @@ const IDLE_KEPT: usize = 16;
 impl Reuse {
     /// A warm instance young enough to serve, dropping those too old.
     fn take(&self) -> Option<Warm> {
+        // One clock read, not one per idle instance.
+        let now = std::time::Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|warm| warm.born.elapsed() < self.max_age);
+        idle.retain(|warm| now.duration_since(warm.born) < self.max_age);
         idle.pop()
     }
 
     fn put(&self, warm: Warm) {
+        let now = std::time::Instant::now();
+        let young = |warm: &Warm| now.duration_since(warm.born) < self.max_age;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|warm| warm.born.elapsed() < self.max_age);
-        if idle.len() < IDLE_KEPT && warm.born.elapsed() < self.max_age {
+        idle.retain(young);
+        if idle.len() < IDLE_KEPT && young(&warm) {
             idle.push(warm);
         }
     }
@@ -636,7 +640,11 @@ impl Function {
                 warm.store.data_mut().renew(&self.runtime.inner.services, &self.name, &self.grants, calls);
                 (warm.store, Some(warm.instance), warm.served, warm.born)
             }
-            None => (self.store(limits, calls), None, 0, std::time::Instant::now()),
+            None => {
+                let store = self.store(limits, calls);
+                let born = store.data().call_started;
+                (store, None, 0, born)
+            }
         };
         store.set_epoch_deadline(1);
         let run = self.call(&mut store, instance, message);

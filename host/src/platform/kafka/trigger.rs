@@ -58,6 +58,7 @@ use std::{
         Arc, Condvar, Mutex, OnceLock, Weak,
         atomic::{AtomicBool, Ordering},
     },
+    task::Poll,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -601,16 +602,37 @@ impl Worker {
         let mut taking = true;
         loop {
             if taking {
-                let max = self.handler.max_in_flight();
-                while running.len() < max {
+                let (max, inline) = self.handler.scheduling();
+                while running.len() < max && taking {
                     let ready = waiting.iter().position(|(m, _)| m.key.as_ref().is_none_or(|k| !busy_keys.contains(k)));
                     let Some((message, new_record)) = ready.and_then(|i| waiting.remove(i)) else { break };
                     if let Some(key) = &message.key {
                         busy_keys.insert(key.clone());
                     }
-                    running.spawn(self.record(message, new_record, flags.clone()));
+                    // Boxed, so that a task moves a pointer, not the run's
+                    // state. With reused instances, polled here once: a run
+                    // that does not wait (no capability waiting on a
+                    // service; a deadline tick also ends the poll) is done
+                    // without a task of its own, which costs more than such
+                    // a call; one that waits goes on as a task, so that the
+                    // partition's other keys go on meanwhile. A fresh
+                    // instance is always a task: instantiating takes long
+                    // enough for the partition's records to gain from
+                    // running on every core.
+                    let mut run = Box::pin(self.record(message, new_record, flags.clone()));
+                    if inline {
+                        match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
+                            Poll::Ready((key, step)) => self.finished(key, step, &mut busy_keys, &mut taking),
+                            Poll::Pending => {
+                                running.spawn(run);
+                            }
+                        }
+                    } else {
+                        running.spawn(run);
+                    }
                 }
-            } else if running.is_empty() {
+            }
+            if !taking && running.is_empty() {
                 return;
             }
             tokio::select! {
@@ -625,17 +647,7 @@ impl Worker {
                         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                         Err(_) => continue,
                     };
-                    if let Some(key) = key {
-                        busy_keys.remove(&key);
-                    }
-                    match step {
-                        Step::Done(_) => {}
-                        Step::Revoked | Step::Stop(FunctionState::Stopped) => taking = false,
-                        Step::Stop(state) => {
-                            taking = false;
-                            let _ = self.ended.send(state);
-                        }
-                    }
+                    self.finished(key, step, &mut busy_keys, &mut taking);
                 }
                 record = queue.recv(), if taking && waiting.len() < QUEUED_PER_PARTITION => {
                     let message = match record {
@@ -668,7 +680,23 @@ impl Worker {
         }
     }
 
-    /// One record's run, as a task of its own.
+    /// A record's run ended in `step`: its key is free again, and the
+    /// worker stops taking records when the run says so.
+    fn finished(&self, key: Option<Vec<u8>>, step: Step, busy_keys: &mut HashSet<Vec<u8>>, taking: &mut bool) {
+        if let Some(key) = key {
+            busy_keys.remove(&key);
+        }
+        match step {
+            Step::Done(_) => {}
+            Step::Revoked | Step::Stop(FunctionState::Stopped) => *taking = false,
+            Step::Stop(state) => {
+                *taking = false;
+                let _ = self.ended.send(state);
+            }
+        }
+    }
+
+    /// One record's run: polled by the worker, then a task of its own if it waits.
     fn record(
         &mut self,
         message: Message,
@@ -829,9 +857,12 @@ enum Done {
 }
 
 impl Handler {
-    /// How many records of a partition may run at once, by the version to run now.
-    fn max_in_flight(&self) -> usize {
-        self.deployment.borrow().manifest.trigger.kafka.max_in_flight as usize
+    /// How many records of a partition may run at once, and whether a
+    /// record's run is first polled by its worker (with reused instances),
+    /// by the version to run now.
+    fn scheduling(&self) -> (usize, bool) {
+        let deployed = self.deployment.borrow();
+        (deployed.manifest.trigger.kafka.max_in_flight as usize, deployed.manifest.reuse.is_some())
     }
 
     /// The version to run now.

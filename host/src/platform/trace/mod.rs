@@ -72,7 +72,14 @@ fn span_id() -> [u8; 8] {
 impl TraceContext {
     /// A new trace (sampled).
     pub fn root() -> Self {
-        let trace_id = *uuid::Uuid::new_v4().as_bytes();
+        // From the thread's fast generator, not the kernel's: a trace id
+        // must be unique, not secret, and one is made for every record.
+        let trace_id = loop {
+            let id = fastrand::u128(..).to_be_bytes();
+            if id != [0; 16] {
+                break id;
+            }
+        };
         TraceContext { trace_id, span_id: span_id(), flags: 1 }
     }
 
