@@ -5,7 +5,10 @@
 //! - a no-op function (the probe answering `ok`) against a bare rdkafka
 //!   consumer reading the same topic with the same settings (offsets stored
 //!   after each record, committed in the background), on 1 and 4
-//!   partitions, with a fresh instance per record and with reuse;
+//!   partitions, with a fresh instance per record and with reuse; also the
+//!   CPU time per record of the host process (all threads, from the
+//!   assignment to the last record, `/proc/<pid>/stat`) against that of the
+//!   bare consumer's process, which a loaded machine sways less than rates;
 //! - the Python and JavaScript no-op;
 //! - person-to-comicbook against a native consumer doing the same updates
 //!   with the same concurrency, and against a native consumer doing what
@@ -78,16 +81,17 @@ async fn fill(topic: &str, records: impl Iterator<Item = (String, Vec<u8>)>) {
     futures::stream::iter(sends).buffer_unordered(10_000).collect::<Vec<()>>().await;
 }
 
-/// Notes when the consumer's partitions were first assigned.
+/// Notes when the consumer's partitions were first assigned, and the CPU
+/// time this process had used by then.
 #[derive(Default)]
-struct Assigned(std::sync::OnceLock<Instant>);
+struct Assigned(std::sync::OnceLock<(Instant, f64)>);
 
 impl rdkafka::ClientContext for Assigned {}
 
 impl rdkafka::consumer::ConsumerContext for Assigned {
     fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
         if let rdkafka::consumer::Rebalance::Assign(_) = rebalance {
-            self.0.get_or_init(Instant::now);
+            self.0.get_or_init(|| (Instant::now(), support::cpu_seconds(std::process::id())));
         }
     }
 }
@@ -111,12 +115,20 @@ fn consumer(group: &str) -> StreamConsumer<Assigned> {
 
 /// Records/s from the consumer's assignment to now, for `n` records.
 fn since_assigned(consumer: &StreamConsumer<Assigned>, n: u64) -> f64 {
-    n as f64 / consumer.context().0.get().expect("assigned").elapsed().as_secs_f64()
+    n as f64 / consumer.context().0.get().expect("assigned").0.elapsed().as_secs_f64()
+}
+
+/// This process's CPU time per record since the consumer's assignment, in
+/// µs, for `n` records (the benchmark does nothing else meanwhile).
+fn cpu_since_assigned(consumer: &StreamConsumer<Assigned>, n: u64) -> f64 {
+    let (_, at) = consumer.context().0.get().expect("assigned");
+    (support::cpu_seconds(std::process::id()) - at) * 1e6 / n as f64
 }
 
 /// The bare consumer: reads `n` records of `topic` in a new group, storing
-/// each offset; records/s from its assignment to the last record.
-async fn bare_consumer(topic: &str, n: u64) -> f64 {
+/// each offset; records/s from its assignment to the last record, and the
+/// CPU time per record meanwhile.
+async fn bare_consumer(topic: &str, n: u64) -> (f64, f64) {
     let consumer = consumer(&unique("bare"));
     consumer.subscribe(&[topic]).unwrap();
     for read in 0..n {
@@ -124,7 +136,7 @@ async fn bare_consumer(topic: &str, n: u64) -> f64 {
         consumer.store_offset_from_message(&m).unwrap();
         std::hint::black_box((read, m.payload()));
     }
-    since_assigned(&consumer, n)
+    (since_assigned(&consumer, n), cpu_since_assigned(&consumer, n))
 }
 
 fn noop_manifest(name: &str, topic: &str, reuse: bool) -> String {
@@ -156,9 +168,13 @@ struct Lost {
 
 impl Lost {
     fn rate(&mut self, measured: Measured) -> f64 {
+        self.count(measured).rate
+    }
+
+    fn count(&mut self, measured: Measured) -> Measured {
         self.runs += 1;
         self.revocations += measured.revocations;
-        measured.rate
+        measured
     }
 }
 
@@ -407,21 +423,38 @@ async fn main() {
     let mut rss_after = None;
     for (topic, partitions) in [(&one, 1), (&four, 4)].into_iter().filter(|_| wanted("noop")) {
         let (mut bare, mut fresh, mut reused) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bare_cpu, mut fresh_cpu, mut reused_cpu) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
-            bare.push(bare_consumer(topic, n).await);
-            fresh.push(lost.rate(noop(&[&host], &probe, topic, false, n).await));
+            let (rate, cpu) = bare_consumer(topic, n).await;
+            bare.push(rate);
+            bare_cpu.push(cpu);
+            let measured = lost.count(noop(&[&host], &probe, topic, false, n).await);
+            fresh.push(measured.rate);
+            fresh_cpu.push(measured.cpu_us);
             if round == 0 && partitions == 1 {
                 rss_after = Some(host.rss_mib());
                 let parts: Vec<String> = host.rss_breakdown().iter().map(|(k, mib)| format!("{k} {mib:.1}")).collect();
                 eprintln!("RSS after {n} no-op records, MiB: {}", parts.join(", "));
             }
-            reused.push(lost.rate(noop(&[&host], &probe, topic, true, n).await));
-            eprintln!("no-op, {partitions} partition(s), round {round}: bare {:.0}/s, fresh {:.0}/s, reused {:.0}/s", bare[round], fresh[round], reused[round]);
+            let measured = lost.count(noop(&[&host], &probe, topic, true, n).await);
+            reused.push(measured.rate);
+            reused_cpu.push(measured.cpu_us);
+            eprintln!(
+                "no-op, {partitions} partition(s), round {round}: bare {:.0}/s ({:.2} µs CPU per record), fresh {:.0}/s ({:.2} µs), reused {:.0}/s ({:.2} µs)",
+                bare[round], bare_cpu[round], fresh[round], fresh_cpu[round], reused[round], reused_cpu[round]
+            );
         }
         let bare = median(&mut bare);
         let (fresh, reused) = (median(&mut fresh), median(&mut reused));
         table.row(format!("no-op function, {partitions} partition(s), fresh instance per record"), per_s(fresh), format!("bare rdkafka consumer: {}", per_s(bare)), format!("**{:.2}**", fresh / bare));
         table.row(format!("no-op function, {partitions} partition(s), reused instances"), per_s(reused), format!("bare rdkafka consumer: {}", per_s(bare)), format!("**{:.2}**", reused / bare));
+        let (bare_cpu, fresh_cpu, reused_cpu) = (median(&mut bare_cpu), median(&mut fresh_cpu), median(&mut reused_cpu));
+        table.row(
+            format!("CPU per no-op record, {partitions} partition(s), fresh / reused (host process, all threads)"),
+            format!("{fresh_cpu:.2} µs / {reused_cpu:.2} µs"),
+            format!("bare rdkafka consumer's process: {bare_cpu:.2} µs"),
+            format!("{:.2} / {:.2}", bare_cpu / fresh_cpu, bare_cpu / reused_cpu),
+        );
     }
 
     // Python and JavaScript no-op (fewer records: a fresh Python instance takes ~1.5 ms).

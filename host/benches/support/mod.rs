@@ -86,6 +86,11 @@ impl BenchHost {
         format!("{}{path}", self.base)
     }
 
+    /// The CPU time the host has used, user and system, all its threads.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.child.id().expect("the host runs"))
+    }
+
     /// The host's resident set size, in MiB.
     pub fn rss_mib(&self) -> f64 {
         let pid = self.child.id().expect("the host runs");
@@ -196,10 +201,23 @@ impl std::ops::Add for Counters {
     }
 }
 
+/// The CPU time process `pid` has used, user and system, from
+/// `/proc/<pid>/stat` (in the kernel's 10 ms ticks; a no-op run uses ~100).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command's name, which may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
 /// A measured rate, and the partitions the consumers lost meanwhile.
 #[derive(Clone, Copy, Debug)]
 pub struct Measured {
     pub rate: f64,
+    /// The CPU time of the hosts per record, in µs, from the assignment to
+    /// the last record: less swayed by the machine's other load than `rate`.
+    pub cpu_us: f64,
     /// Revocations from the first assignment to the last record: a group
     /// member losing its partitions mid-run (a missed heartbeat, a
     /// rebalance) shows here.
@@ -230,10 +248,11 @@ pub async fn rate_until_handled(hosts: &[&BenchHost], name: &str, from: Counters
     };
     let wanted = metrics_handled().await + n;
     let deadline = Instant::now() + Duration::from_secs(900);
-    let (assigned, at_assignment) = loop {
+    let cpu = || hosts.iter().map(|host| host.cpu_seconds()).sum::<f64>();
+    let (assigned, at_assignment, cpu_at_assignment) = loop {
         let now = total().await;
         if now.assignments > from.assignments {
-            break (Instant::now(), now);
+            break (Instant::now(), now, cpu());
         }
         assert!(Instant::now() < deadline, "{name}: never assigned");
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -242,8 +261,9 @@ pub async fn rate_until_handled(hosts: &[&BenchHost], name: &str, from: Counters
         let handled = metrics_handled().await;
         if handled >= wanted {
             let rate = n as f64 / assigned.elapsed().as_secs_f64();
+            let cpu_us = (cpu() - cpu_at_assignment) * 1e6 / n as f64;
             let now = total().await;
-            return Measured { rate, revocations: now.revocations - at_assignment.revocations };
+            return Measured { rate, cpu_us, revocations: now.revocations - at_assignment.revocations };
         }
         assert!(Instant::now() < deadline, "{name}: {} of {n} records handled", n.saturating_sub(wanted - handled));
         // Every 10 ms: at most 0.4 % on a 2.5 s run.

@@ -38,7 +38,11 @@
 //! dead-letter topic find it; once the record is handled, an hour from then
 //! (long enough for a duplicate of its event to be answered from it).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use mongodb::{
     Collection, Database, IndexModel,
@@ -237,13 +241,13 @@ impl Journal {
                 (entry.seq.to_string(), call)
             })
             .collect();
-        let id = Self::id(function, &record.id);
+        let id = Self::id(function, record.id());
         if first {
             let document = doc! {
                 "_id": &id,
                 "function": function,
-                "record": &record.id,
-                "topic": &record.topic,
+                "record": record.id(),
+                "topic": &*record.topic,
                 "partition": record.partition,
                 "offset": record.offset,
                 "calls": calls.iter().cloned().map(|(seq, call)| (seq, Bson::Document(call))).collect::<Document>(),
@@ -262,8 +266,8 @@ impl Journal {
             "$set": set,
             "$setOnInsert": {
                 "function": function,
-                "record": &record.id,
-                "topic": &record.topic,
+                "record": record.id(),
+                "topic": &*record.topic,
                 "partition": record.partition,
                 "offset": record.offset,
             },
@@ -407,9 +411,7 @@ impl PartitionMark {
         }
         Ok(offset >= below)
     }
-}
 
-impl PartitionMark {
     /// The step of a raise sent now, adapted to how long ago the last one was.
     fn next_step(&mut self) -> i64 {
         let now = std::time::Instant::now();
@@ -447,28 +449,36 @@ impl Drop for PartitionMark {
     }
 }
 
-/// Which record a function is handling, as the journal knows it.
+/// Which record a function is handling, as the journal knows it. Cheap to
+/// make and to clone: its id is only written out once a journal needs it
+/// (most records call no capability and never do).
 #[derive(Debug, Clone)]
 pub struct RecordKey {
-    /// The record's identity: the event id the producer gave it
-    /// (`runnel-event-id`), so that a duplicate of an event is the same
-    /// record; otherwise its topic, partition and offset.
-    pub id: String,
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
+    /// The event id the producer gave the record (`runnel-event-id`).
+    event: Option<Arc<str>>,
+    id: OnceLock<Arc<str>>,
 }
 
 impl RecordKey {
     /// The header that names an event, whoever published it twice.
     pub const EVENT_ID_HEADER: &'static str = "runnel-event-id";
 
-    pub fn new(topic: &str, partition: i32, offset: i64, event_id: Option<&str>) -> Self {
-        let id = match event_id {
-            Some(event) if !event.is_empty() => format!("event:{event}"),
-            _ => format!("{topic}/{partition}/{offset}"),
-        };
-        RecordKey { id, topic: topic.to_string(), partition, offset }
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32, offset: i64, event_id: Option<&str>) -> Self {
+        let event = event_id.filter(|event| !event.is_empty()).map(Arc::from);
+        RecordKey { topic: topic.into(), partition, offset, event, id: OnceLock::new() }
+    }
+
+    /// The record's identity: the event id the producer gave it, so that a
+    /// duplicate of an event is the same record; otherwise its topic,
+    /// partition and offset.
+    pub fn id(&self) -> &str {
+        self.id.get_or_init(|| match &self.event {
+            Some(event) => format!("event:{event}").into(),
+            None => format!("{}/{}/{}", self.topic, self.partition, self.offset).into(),
+        })
     }
 }
 
@@ -578,8 +588,8 @@ impl Calls {
         let last_effect = loaded.iter().filter(|e| e.effect).map(|e| e.seq).chain(inner.last_effect).max();
         let after = |seq: u32| last_effect.is_none_or(|last| seq > last);
         let forget: Vec<u32> = loaded.iter().filter(|e| !e.effect && after(e.seq)).map(|e| e.seq).collect();
-        if let Err(e) = journal.unhandled(&self.function, &record.id, &forget, keep).await {
-            tracing::warn!(function = %self.function, record = %record.id, "journal of an unhandled try not updated: {e}");
+        if let Err(e) = journal.unhandled(&self.function, record.id(), &forget, keep).await {
+            tracing::warn!(function = %self.function, record = %record.id(), "journal of an unhandled try not updated: {e}");
         }
         inner.pending_reads.clear();
     }
@@ -594,7 +604,7 @@ impl Calls {
         }
         // Counted before it is sent, so that the marking task never counts it off first.
         journal.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if journal.handled.send(Journal::id(&self.function, &record.id)).is_err() {
+        if journal.handled.send(Journal::id(&self.function, record.id())).is_err() {
             journal.backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -630,7 +640,7 @@ impl Calls {
         let args = sha256_hex(&[&serde_json::to_vec(args).unwrap_or_default()]);
 
         if inner.loaded.is_none() {
-            match journal.load(&self.function, &record.id).await {
+            match journal.load(&self.function, record.id()).await {
                 Ok(entries) => inner.loaded = Some(entries),
                 Err(e) => {
                     inner.stats.unavailable = true;
@@ -645,7 +655,7 @@ impl Calls {
                     Ok(result) => {
                         if entry.args != args {
                             tracing::info!(
-                                function = %self.function, record = %record.id, seq, call,
+                                function = %self.function, record = %record.id(), seq, call,
                                 "answered from the journal although the arguments differ from the first delivery's"
                             );
                         }
@@ -656,13 +666,13 @@ impl Calls {
                         return Ok(result);
                     }
                     Err(e) => tracing::warn!(
-                        function = %self.function, record = %record.id, seq, call,
+                        function = %self.function, record = %record.id(), seq, call,
                         "journal entry unreadable, doing the call again: {e}"
                     ),
                 }
             } else {
                 tracing::warn!(
-                    function = %self.function, record = %record.id, seq, call, journaled = %entry.call,
+                    function = %self.function, record = %record.id(), seq, call, journaled = %entry.call,
                     "the function makes other calls than on an earlier delivery (another version?): doing this one"
                 );
             }
@@ -696,7 +706,7 @@ impl Calls {
                     // The effect happened: answer it. A redelivery of this
                     // record would do the call again (the documented window).
                     Err(e) => tracing::warn!(
-                        function = %self.function, record = %record.id, seq, call,
+                        function = %self.function, record = %record.id(), seq, call,
                         "call done but not journaled (a redelivery would repeat it): {e}"
                     ),
                 }
@@ -717,7 +727,7 @@ pub struct CallId {
 impl CallId {
     fn new(function: &str, record: Option<&RecordKey>, seq: u32) -> Self {
         CallId {
-            digest: record.map(|r| sha256_hex(&[function.as_bytes(), b"\x1f", r.id.as_bytes(), b"\x1f", &seq.to_be_bytes()])),
+            digest: record.map(|r| sha256_hex(&[function.as_bytes(), b"\x1f", r.id().as_bytes(), b"\x1f", &seq.to_be_bytes()])),
         }
     }
 

@@ -156,6 +156,9 @@ impl Capture {
 
     fn take_lines(&self) -> (Vec<String>, usize) {
         let mut captured = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if captured.kept.is_empty() && captured.dropped == 0 {
+            return (Vec::new(), 0);
+        }
         let Captured { kept, dropped } = std::mem::take(&mut *captured);
         let text = String::from_utf8_lossy(&kept);
         let lines = text.lines().filter(|line| !line.trim().is_empty()).map(str::to_owned).collect();

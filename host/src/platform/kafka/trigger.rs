@@ -164,7 +164,10 @@ impl WorkerFlags {
     fn end(&self) {
         let mut flags = self.lock();
         flags.busy = flags.busy.saturating_sub(1);
-        if flags.busy == 0 {
+        // Only a revocation waits for the tries to end, and it marks the
+        // partition revoked (under this lock) before it waits: a wake-up
+        // is a system call, not worth making for every record.
+        if flags.busy == 0 && flags.revoked {
             self.idle.notify_all();
         }
     }
@@ -186,7 +189,8 @@ impl WorkerFlags {
     }
 
     /// Waits until the tries in flight (if any) have ended, up to
-    /// `deadline`. False when they did not end in time.
+    /// `deadline`, once the partition is revoked (only then is the end of
+    /// a try told). False when they did not end in time.
     fn wait_idle(&self, deadline: Instant) -> bool {
         let flags = self.lock();
         let left = deadline.saturating_duration_since(Instant::now());
@@ -943,7 +947,7 @@ impl Handler {
             .iter()
             .find(|h| h.key == RecordKey::EVENT_ID_HEADER)
             .and_then(|h| std::str::from_utf8(&h.value).ok());
-        let key = RecordKey::new(&message.topic, message.partition, message.offset, event_id);
+        let key = RecordKey::new(message.topic.as_str(), message.partition, message.offset, event_id);
         // Tries in all, retry-later answers and traps counted against the
         // budget, waits for a service.
         let (mut attempts, mut declined, mut failures, mut outages) = (0u32, 0u32, 0u32, 0u32);

@@ -60,27 +60,25 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn span_id() -> [u8; 8] {
-    loop {
-        let id = fastrand::u64(..).to_be_bytes();
-        if id != [0; 8] {
-            return id;
-        }
+/// `N` random bytes, not all zero (W3C trace context forbids an id of
+/// zeros). From the thread's fast generator, not the kernel's: an id must
+/// be unique, not secret, and a record needs two.
+fn random_id<const N: usize>() -> [u8; N] {
+    let mut id = [0u8; N];
+    while id == [0; N] {
+        fastrand::fill(&mut id);
     }
+    id
+}
+
+fn span_id() -> [u8; 8] {
+    random_id()
 }
 
 impl TraceContext {
     /// A new trace (sampled).
     pub fn root() -> Self {
-        // From the thread's fast generator, not the kernel's: a trace id
-        // must be unique, not secret, and one is made for every record.
-        let trace_id = loop {
-            let id = fastrand::u128(..).to_be_bytes();
-            if id != [0; 16] {
-                break id;
-            }
-        };
-        TraceContext { trace_id, span_id: span_id(), flags: 1 }
+        TraceContext { trace_id: random_id(), span_id: span_id(), flags: 1 }
     }
 
     /// A new span in the same trace.
