@@ -329,17 +329,10 @@ async fn persons_and_comicbooks_round_trip() {
 async fn updates_are_saved_while_the_broker_hangs_and_announced_after() {
     let mut servers = Servers::from_env();
     let tansu = std::env::var("RUNNEL_TANSU_BIN").expect("RUNNEL_TANSU_BIN: run the tests with scripts/test");
-    let port = support::free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let broker = tokio::process::Command::new(tansu)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    support::eventually(std::time::Duration::from_secs(60), "the broker", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+    let (broker, port) = support::spawn_listening("the broker", |port| {
+        let mut cmd = support::broker_command(&tansu, port);
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).kill_on_drop(true);
+        cmd
     })
     .await;
     servers.kafka_brokers = format!("127.0.0.1:{port}");
@@ -389,4 +382,57 @@ async fn updates_are_saved_while_the_broker_hangs_and_announced_after() {
         (status == StatusCode::NO_CONTENT).then_some(())
     })
     .await;
+}
+
+/// A database that stops answering holds no request: reads and writes of the
+/// data API are answered 503 with `Retry-After` once
+/// `RUNNEL_REQUEST_TIMEOUT_MS` has passed (the driver alone gives up only
+/// when its heartbeats fail, and never on an operation that a database still
+/// answering heartbeats leaves unanswered), routes that need no database
+/// still answer, and once the database is back the same requests succeed.
+/// Runs its own servers, to hang the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_end_with_503_while_the_database_hangs() {
+    let own = support::OwnServers::start().await;
+    let host = Host::start(&own.servers, &[("RUNNEL_REQUEST_TIMEOUT_MS", "1500")]).await;
+    let person = host.create("/api/persons", json!({ "firstname": "Jack", "lastname": "Kirby" })).await;
+    let path = format!("/api/persons/{}", person["id"].as_str().unwrap());
+
+    let database = own.database.id().unwrap();
+    support::signal(database, "STOP");
+    let renamed = json!({ "firstname": "Jacob", "lastname": "Kirby" });
+    for (method, path, body) in [
+        (Method::GET, path.as_str(), None),
+        (Method::PUT, path.as_str(), Some(&renamed)),
+        (Method::GET, "/api/persons?size=10", None),
+        (Method::POST, "/api/comicbooks", Some(&json!({ "name": "Fantastic Four" }))),
+    ] {
+        let started = std::time::Instant::now();
+        let mut request = host.client.request(method.clone(), host.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let r = request.send().await.unwrap();
+        let took = started.elapsed();
+        let status = r.status();
+        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{method} {path} while the database hangs: {problem}");
+        assert_eq!(retry_after.as_deref(), Some("1"), "{method} {path}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("not answered within 1500 ms"), "{problem}");
+        assert!(took >= std::time::Duration::from_millis(1500) && took < std::time::Duration::from_secs(10), "{method} {path} took {took:?}");
+        println!("{method} {path} while the database hangs: 503 after {} ms", took.as_millis());
+    }
+    let (status, _) = host.send(Method::GET, "/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK, "a route without the database answers");
+    support::signal(database, "CONT");
+
+    let back = std::time::Instant::now();
+    support::eventually(std::time::Duration::from_secs(60), "the update once the database is back", || async {
+        let (status, _) = host.send(Method::PUT, &path, Some(&renamed)).await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(host.get_json(&path).await["firstname"], "Jacob");
+    println!("answering again {} ms after the database was", back.elapsed().as_millis());
 }

@@ -40,6 +40,8 @@ pub struct Config {
     pub sync_interval: Duration,
     /// Longest a capability call waits for its service (then: unavailable).
     pub capability_timeout: Duration,
+    /// Longest a data API request waits for its answer (then: 503).
+    pub request_timeout: Duration,
     /// Where compiled components are kept between starts; none: compiled
     /// at every start.
     pub compiled_dir: Option<PathBuf>,
@@ -63,6 +65,7 @@ impl std::fmt::Debug for Config {
             .field("oidc", &self.oidc)
             .field("insecure", &self.insecure)
             .field("trusted_keys", &self.trusted_keys)
+            .field("request_timeout", &self.request_timeout)
             .field("compiled_dir", &self.compiled_dir)
             .field("topic_partitions", &self.topic_partitions)
             .finish_non_exhaustive()
@@ -254,6 +257,7 @@ impl Config {
         let sync_interval = millis("RUNNEL_SYNC_INTERVAL_MS", "500", 10..=60_000, "")?;
         let capability_timeout =
             millis("RUNNEL_CAPABILITY_TIMEOUT_MS", "5000", 10..=20_000, " (below the 30 s call deadline)")?;
+        let request_timeout = millis("RUNNEL_REQUEST_TIMEOUT_MS", "30000", 100..=600_000, "")?;
 
         // The host's own cache (it runs the native code it finds there).
         let compiled_dir = match lookup("RUNNEL_COMPILED_DIR").map(|v| v.trim().to_string()) {
@@ -289,6 +293,7 @@ impl Config {
             max_component_bytes,
             sync_interval,
             capability_timeout,
+            request_timeout,
             compiled_dir,
             topic_partitions,
         })

@@ -252,6 +252,8 @@ fn router(
     let (app_router, mut doc) = app::api::router(app::api::AppState { database, outbox }, config.max_body_bytes);
     // Reads need a token of the issuer, writes its write role (when one is set).
     let app_router = app_router.route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::data));
+    // Every data request, its access check included, has a deadline.
+    let app_router = app_router.route_layer(axum::middleware::from_fn_with_state(config.request_timeout, crate::platform::http::deadline::limit));
     let (admin_router, admin_doc) = admin::router(admin, config.max_component_bytes);
     doc.merge(admin_doc);
     let (health_router, health_doc) = health::router(health);
