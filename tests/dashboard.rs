@@ -14,7 +14,7 @@ use std::{
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Host, Servers, eventually, free_port, store_alert_flow::{DISTRIBUTION_LIST, create_store}};
+use support::{Host, Servers, eventually, spawn_listening, store_alert_flow::{DISTRIBUTION_LIST, create_store}};
 
 const TOKEN: &str = "dashboard-admin-token-0123456789";
 
@@ -30,16 +30,14 @@ impl Browser {
     async fn start() -> Browser {
         let driver_bin = std::env::var("RUNNEL_CHROMEDRIVER").expect("RUNNEL_CHROMEDRIVER: run the tests with scripts/test, which installs Chromium");
         let chromium = std::env::var("RUNNEL_CHROMIUM").expect("RUNNEL_CHROMIUM: run the tests with scripts/test");
-        let port = free_port();
-        let driver = tokio::process::Command::new(driver_bin)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start chromedriver");
+        let (driver, port) = spawn_listening("chromedriver", |port| {
+            let mut cmd = tokio::process::Command::new(&driver_bin);
+            cmd.arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+            cmd
+        })
+        .await;
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = support::client();
         eventually(Duration::from_secs(30), "chromedriver", || {
             let (client, base) = (client.clone(), base.clone());
             async move {

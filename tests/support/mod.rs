@@ -41,6 +41,13 @@ impl Servers {
     }
 }
 
+/// The HTTP client of a test: no request waits forever (a deploy that
+/// compiles a large component while other tests compile takes minutes at
+/// most), so a host that never answers fails the test instead of hanging it.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(300)).build().expect("an HTTP client")
+}
+
 /// A running host, stopped (SIGTERM, then kill) when dropped.
 pub struct Host {
     child: Child,
@@ -52,17 +59,70 @@ pub struct Host {
     pub admin_token: Option<String>,
 }
 
+/// A port free at this moment. Nothing keeps it free: a server started on
+/// it may find it taken (the kernel hands a freed port out again), so
+/// servers are started with [`spawn_listening`], and hosts on port 0.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Whether process `pid` holds the socket that listens on 127.0.0.1:`port`
+/// (from /proc: a connection to the port could reach another process).
+pub fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let local = format!("0100007F:{port:04X}");
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // 0A: LISTEN; the tenth field is the socket's inode.
+            (fields.len() > 9 && fields[1] == local && fields[3] == "0A").then(|| format!("socket:[{}]", fields[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    !sockets.is_empty()
+        && fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| sockets.iter().any(|s| link.as_os_str() == s.as_str())))
+}
+
+/// Waits until `child` itself listens on `port`; false when it exited first.
+pub async fn wait_listening(child: &mut Child, port: u16, what: &str) -> bool {
+    let pid = child.id().unwrap_or_else(|| panic!("{what} is not running"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if listens(pid, port) {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on port {port} within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts the server that `command` makes for a port on a free port, and
+/// waits until that very process listens there; one that finds the port
+/// taken meanwhile is started again on another.
+pub async fn spawn_listening(what: &str, mut command: impl FnMut(u16) -> Command) -> (Child, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = command(port).spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+        if wait_listening(&mut child, port, what).await {
+            return (child, port);
+        }
+    }
+    panic!("{what} exited on start-up on five free ports in a row");
+}
+
 /// The command that starts a host on `servers`, on a fresh database, with
 /// `env` added (or, with an empty value, removed).
-pub fn host_command(servers: &Servers, database: &str, port: u16, env: &[(&str, &str)]) -> Command {
+/// It listens on a port the kernel picks (its log names it).
+pub fn host_command(servers: &Servers, database: &str, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_runnel"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUNNEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUNNEL_HTTP_ADDR", "127.0.0.1:0")
         .env("RUNNEL_KAFKA_BROKERS", &servers.kafka_brokers)
         .env("RUNNEL_MONGODB_URI", &servers.mongodb_uri)
         .env("RUNNEL_MONGODB_DATABASE", database)
@@ -84,7 +144,7 @@ pub fn host_command(servers: &Servers, database: &str, port: u16, env: &[(&str, 
 /// it printed.
 pub async fn start_failing(servers: &Servers, env: &[(&str, &str)]) -> String {
     let database = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let mut cmd = host_command(servers, &database, free_port(), env);
+    let mut cmd = host_command(servers, &database, env);
     let output = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
         .expect("the host gave up within 60 s")
@@ -105,20 +165,19 @@ impl Host {
     /// Starts a host on `database` (several hosts may share one).
     pub async fn start_on(servers: &Servers, database: &str, env: &[(&str, &str)]) -> Host {
         let database = database.to_string();
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("runnel-{database}-{port}.log"));
+        let log = std::env::temp_dir().join(format!("runnel-{database}-{}.log", uuid::Uuid::new_v4().simple()));
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = host_command(servers, &database, port, env)
+        let child = host_command(servers, &database, env)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("start the runnel binary");
         let mut host = Host {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: String::new(),
             database,
             log,
-            client: reqwest::Client::new(),
+            client: client(),
             admin_token: env.iter().find(|(k, _)| *k == "RUNNEL_ADMIN_TOKEN").map(|(_, v)| v.to_string()),
         };
         host.wait_ready().await;
@@ -130,6 +189,16 @@ impl Host {
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the host exited ({status}) during start-up:\n{}", self.log_text());
+            }
+            if self.base.is_empty() {
+                match self.listening_on() {
+                    Some(addr) => self.base = format!("http://{addr}"),
+                    None => {
+                        assert!(Instant::now() < deadline, "the host did not listen in 180 s:\n{}", self.log_text());
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
             }
             let mut request = self.client.get(self.url("/admin/functions"));
             if let Some(token) = &self.admin_token {
@@ -173,10 +242,36 @@ impl Host {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The address the host's log says it listens on.
+    fn listening_on(&self) -> Option<String> {
+        let log = self.log_text();
+        // A text line (perhaps coloured) or a JSON one.
+        // Whole lines only: the end of one being written may be missing.
+        let line = log
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .find(|l| l.contains("runnel::serve") && (l.contains(" listening ") || l.contains("\"listening\"")))?;
+        let rest = &line[line.find("addr")?..];
+        let rest = &rest[rest.find("127.0.0.1:")?..];
+        let addr: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+        (!addr.ends_with(":0")).then_some(addr)
+    }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // A failing test shows the end of what its host logged.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- the last {} lines of the host's log ({}) ---\n{}\n---",
+                lines.len().min(80),
+                self.log.display(),
+                lines[lines.len().saturating_sub(80)..].join("\n")
+            );
+        }
         if let Some(pid) = self.child.id() {
             // SIGTERM lets the host leave its consumer group cleanly.
             let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
@@ -391,7 +486,9 @@ pub async fn produce(brokers: &str, topic: &str, partition: Option<i32>, key: &s
         message::{Header, OwnedHeaders},
         producer::{FutureProducer, FutureRecord},
     };
-    let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    // Idempotent: a send retried on a slow broker is not stored twice.
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").create().unwrap();
     let mut owned = OwnedHeaders::new();
     for (k, v) in headers {
         owned = owned.insert(Header { key: k, value: Some(v.as_bytes()) });
@@ -481,11 +578,12 @@ impl Drop for OwnServers {
     }
 }
 
-async fn wait_port(port: u16, what: &str) {
-    eventually(Duration::from_secs(60), what, || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
-    })
-    .await;
+/// A Tansu broker on `port`, in memory.
+pub fn broker_command(tansu: &str, port: u16) -> Command {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = Command::new(tansu);
+    cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]);
+    cmd
 }
 
 impl OwnServers {
@@ -500,23 +598,21 @@ impl OwnServers {
         let quiet = |cmd: &mut Command| {
             cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null()).kill_on_drop(true);
         };
-        let kafka_port = free_port();
-        let url = format!("tcp://127.0.0.1:{kafka_port}");
-        let mut cmd = Command::new(tansu);
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]);
-        quiet(&mut cmd);
-        let broker = cmd.spawn().unwrap();
-        let mongo_port = free_port();
-        let mut cmd = Command::new(venv.join("bin/secantusd-py"));
-        cmd.args(["--host", "127.0.0.1", "--port", &mongo_port.to_string(), "--log-level", "WARNING", "--storage-path"])
-            .arg(dir.join("mongo"));
-        quiet(&mut cmd);
-        let database = cmd.spawn().unwrap();
-        let smtp_port = free_port();
-        let smtp = Self::smtp_command(&venv, smtp_port, &dir.join("maildir")).spawn().unwrap();
-        wait_port(kafka_port, "the broker").await;
-        wait_port(mongo_port, "the database").await;
-        wait_port(smtp_port, "the SMTP server").await;
+        let (broker, kafka_port) = spawn_listening("the broker", |port| {
+            let mut cmd = broker_command(&tansu, port);
+            quiet(&mut cmd);
+            cmd
+        })
+        .await;
+        let (database, mongo_port) = spawn_listening("the database", |port| {
+            let mut cmd = Command::new(venv.join("bin/secantusd-py"));
+            cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--log-level", "WARNING", "--storage-path"])
+                .arg(dir.join("mongo"));
+            quiet(&mut cmd);
+            cmd
+        })
+        .await;
+        let (smtp, smtp_port) = spawn_listening("the SMTP server", |port| Self::smtp_command(&venv, port, &dir.join("maildir"))).await;
         OwnServers {
             servers: Servers {
                 kafka_brokers: format!("127.0.0.1:{kafka_port}"),
@@ -550,7 +646,7 @@ impl OwnServers {
         tokio::time::sleep(down).await;
         let venv = PathBuf::from(std::env::var("RUNNEL_VENV").unwrap());
         self.smtp = Self::smtp_command(&venv, self.smtp_port, &self.servers.maildir).spawn().unwrap();
-        wait_port(self.smtp_port, "the SMTP server again").await;
+        assert!(wait_listening(&mut self.smtp, self.smtp_port, "the SMTP server again").await, "the SMTP server did not start again");
     }
 }
 
