@@ -254,6 +254,21 @@ async fn the_openapi_document_lists_every_route() {
     for schema in ["Person", "PersonInput", "Comicbook", "ComicbookInput", "Store", "StoreInput", "StoreAlert", "Problem", "Role", "FunctionView"] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
+    // Every data operation says it may answer 503: the database down, or the request's deadline.
+    for (path, item) in paths.iter().filter(|(path, _)| path.starts_with("/api/")) {
+        for (method, operation) in item.as_object().unwrap() {
+            let unavailable = operation["responses"]["503"]["description"].as_str().unwrap_or_default();
+            assert!(
+                unavailable.contains("database is unavailable") && unavailable.contains("RUNNEL_REQUEST_TIMEOUT_MS"),
+                "{method} {path}: 503 is described as {unavailable:?}"
+            );
+            assert_eq!(
+                operation["responses"]["503"]["content"]["application/problem+json"]["schema"]["$ref"],
+                "#/components/schemas/Problem",
+                "{method} {path}"
+            );
+        }
+    }
     println!("{} routes, all documented", routes.len());
 }
 

@@ -254,6 +254,7 @@ fn router(
     let app_router = app_router.route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::data));
     // Every data request, its access check included, has a deadline.
     let app_router = app_router.route_layer(axum::middleware::from_fn_with_state(config.request_timeout, crate::platform::http::deadline::limit));
+    crate::platform::http::deadline::document(&mut doc, config.request_timeout);
     let (admin_router, admin_doc) = admin::router(admin, config.max_component_bytes);
     doc.merge(admin_doc);
     let (health_router, health_doc) = health::router(health);

@@ -19,6 +19,9 @@ use crate::platform::http::{
     request::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MERGE_PATCH},
 };
 
+/// What every operation answers while the database is down.
+const DATABASE_DOWN: &str = "The database is unavailable";
+
 /// `GET` list, `GET` one and `DELETE` of `R`.
 pub fn read_only<R: Resource>(mut api: Api<AppState>, tag: &str) -> Api<AppState> {
     api.schema::<R::Item>();
@@ -40,6 +43,7 @@ pub fn writable<W: Writable>(mut api: Api<AppState>, tag: &str) -> Api<AppState>
     collection.push(
         Op::new(HttpMethod::Post, &format!("create_{}", W::NAME), &format!("Create a {}", W::NAME), tag)
             .json(201, "Created; `Location` gives its URL", schema_ref(&item))
+            .problem(503, DATABASE_DOWN)
             .with_body("application/json", &input),
     );
     one.push(
@@ -47,6 +51,7 @@ pub fn writable<W: Writable>(mut api: Api<AppState>, tag: &str) -> Api<AppState>
             .with_id()
             .json(200, "Replaced", schema_ref(&item))
             .problem(404, "No such id")
+            .problem(503, DATABASE_DOWN)
             .with_body("application/json", &input),
     );
     one.push(
@@ -54,6 +59,7 @@ pub fn writable<W: Writable>(mut api: Api<AppState>, tag: &str) -> Api<AppState>
             .with_id()
             .json(200, "Changed", schema_ref(&item))
             .problem(404, "No such id")
+            .problem(503, DATABASE_DOWN)
             .with_body(MERGE_PATCH, &input),
     );
     api.route(W::PATH, axum::routing::get(resource::list::<W>).post(resource::create::<W>), collection)
@@ -98,11 +104,13 @@ fn read_ops<R: Resource>(tag: &str) -> (Vec<Op>, Vec<Op>) {
                 )
                 .build(),
         )
-        .problem(400, "A bad `page` or `size` (`field` names it)");
+        .problem(400, "A bad `page` or `size` (`field` names it)")
+        .problem(503, DATABASE_DOWN);
     let read = Op::new(HttpMethod::Get, &format!("read_{}", R::NAME), &format!("Read a {}", R::NAME), tag)
         .with_id()
         .json(200, "Found", schema_ref(&item))
-        .problem(404, "No such id");
+        .problem(404, "No such id")
+        .problem(503, DATABASE_DOWN);
     let mut delete = Op::new(HttpMethod::Delete, &format!("delete_{}", R::NAME), &format!("Delete a {}", R::NAME), tag)
         .with_id()
         .response(204, ResponseBuilder::new().description("Deleted").build())
@@ -110,5 +118,6 @@ fn read_ops<R: Resource>(tag: &str) -> (Vec<Op>, Vec<Op>) {
     for (status, description) in R::delete_problems() {
         delete = delete.problem(*status, description);
     }
+    let delete = delete.problem(503, "The database is unavailable, or the event of this document's last change is not published yet");
     (vec![list], vec![read, delete])
 }

@@ -13,7 +13,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::Problem;
+use super::{Problem, openapi::problem};
 
 /// Answers 503 (with `Retry-After`) for a request its handler has not
 /// answered within `limit`, and drops the handler. A change the handler had
@@ -35,6 +35,36 @@ pub async fn limit(State(limit): State<Duration>, request: Request, next: Next) 
             .into_response();
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
+        }
+    }
+}
+
+/// Adds the deadline's answer to every operation of `doc` (the routes the
+/// deadline is layered over), merged with a 503 they describe already.
+pub fn document(doc: &mut utoipa::openapi::OpenApi, limit: Duration) {
+    use utoipa::openapi::RefOr;
+    let ours = format!(
+        "Not answered within {} ms (`RUNNEL_REQUEST_TIMEOUT_MS`): a service behind it is slow or down; \
+         `Retry-After` says when to try again. A change the request asked for may or may not have been made",
+        limit.as_millis()
+    );
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let description = match operation.responses.responses.get("503") {
+                Some(RefOr::T(theirs)) => format!("{}; or: {ours}", theirs.description),
+                _ => ours.clone(),
+            };
+            operation.responses.responses.insert("503".to_string(), RefOr::T(problem(&description)));
         }
     }
 }
