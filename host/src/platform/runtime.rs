@@ -600,18 +600,6 @@ impl Reuse {
     }
 }
 
-/// `future`'s output, or `Err` once `limit` has passed. The timer is armed
-/// only if the future waits: a call done in its first poll (no capability
-/// waiting on a service, no epoch tick) costs no timer.
-async fn within<F: Future>(limit: Duration, future: F) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let started = tokio::time::Instant::now();
-    let mut future = std::pin::pin!(future);
-    if let std::task::Poll::Ready(output) = futures::poll!(future.as_mut()) {
-        return Ok(output);
-    }
-    tokio::time::timeout_at(started + limit, future).await
-}
-
 /// An instance that handled its last message and may take another.
 struct Warm {
     store: Store<InstanceState>,
@@ -660,7 +648,7 @@ impl Function {
         };
         store.set_epoch_deadline(1);
         let run = self.call(&mut store, instance, message);
-        let (outcome, instance) = match within(limits.timeout + EPOCH_TICK * 10, run).await {
+        let (outcome, instance) = match tokio::time::timeout(limits.timeout + EPOCH_TICK * 10, run).await {
             Ok(Ok((instance, Ok(())))) => (Outcome::Handled, Some(instance)),
             Ok(Ok((_, Err(declined)))) => (Outcome::Declined(declined), None),
             Ok(Err(CallError::Run(trap))) => (Outcome::Failed(trap.into()), None),

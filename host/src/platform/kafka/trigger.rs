@@ -82,7 +82,6 @@ use crate::platform::{
     runtime::{HandlerError, Header, Message, Outcome},
     trace::{self, TraceContext},
 };
-use futures::{FutureExt, StreamExt};
 use tracing::Instrument;
 
 /// How often librdkafka reports the consumer's statistics (its lag).
@@ -601,23 +600,18 @@ impl Worker {
     async fn run(mut self, queue: Arc<PartitionQueue>, flags: Arc<WorkerFlags>, mut mark: PartitionMark) {
         // Taken and not started (a record of its key runs, or every slot is
         // taken), in offset order, with whether each is new.
-        let mut waiting: VecDeque<(Message, bool, Option<u64>)> = VecDeque::new();
-        // The keys with a record running, by their hash: two keys of one
-        // hash (a chance of 2^-64) only wait for each other.
-        let mut busy_keys: HashSet<u64> = HashSet::new();
-        let keys = std::collections::hash_map::RandomState::new();
+        let mut waiting: VecDeque<(Message, bool)> = VecDeque::new();
+        let mut busy_keys: HashSet<Vec<u8>> = HashSet::new();
         let mut running = JoinSet::new();
         let mut taking = true;
-        // One stream for the worker's life: its wake-up slot is registered once.
-        let mut stream = queue.stream();
         loop {
             if taking {
                 let (max, inline) = self.handler.scheduling();
                 while running.len() < max && taking {
-                    let ready = waiting.iter().position(|(_, _, key)| key.is_none_or(|k| !busy_keys.contains(&k)));
-                    let Some((message, new_record, key)) = ready.and_then(|i| waiting.remove(i)) else { break };
-                    if let Some(key) = key {
-                        busy_keys.insert(key);
+                    let ready = waiting.iter().position(|(m, _)| m.key.as_ref().is_none_or(|k| !busy_keys.contains(k)));
+                    let Some((message, new_record)) = ready.and_then(|i| waiting.remove(i)) else { break };
+                    if let Some(key) = &message.key {
+                        busy_keys.insert(key.clone());
                     }
                     // Boxed, so that a task moves a pointer, not the run's
                     // state. With reused instances, polled here once: a run
@@ -629,7 +623,7 @@ impl Worker {
                     // instance is always a task: instantiating takes long
                     // enough for the partition's records to gain from
                     // running on every core.
-                    let mut run = Box::pin(self.record(message, key, new_record, flags.clone()));
+                    let mut run = Box::pin(self.record(message, new_record, flags.clone()));
                     if inline {
                         match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
                             Poll::Ready((key, step)) => self.finished(key, step, &mut busy_keys, &mut taking),
@@ -659,7 +653,7 @@ impl Worker {
                     };
                     self.finished(key, step, &mut busy_keys, &mut taking);
                 }
-                Some(mut record) = stream.next(), if taking && waiting.len() < QUEUED_PER_PARTITION => loop {
+                record = queue.recv(), if taking && waiting.len() < QUEUED_PER_PARTITION => {
                     let message = match record {
                         Ok(record) => to_wit(&record),
                         Err(e) => {
@@ -668,7 +662,7 @@ impl Worker {
                             if !wait(&mut self.halt, Duration::from_millis(500)).await {
                                 taking = false;
                             }
-                            break;
+                            continue;
                         }
                     };
                     // Outside the call fence: a revocation need not wait for
@@ -677,25 +671,11 @@ impl Worker {
                     match self.ensure_mark(&message, &flags, &mut mark).await {
                         Some(new_record) => {
                             flags.window().take(message.offset);
-                            let key = message.key.as_ref().map(|k| std::hash::BuildHasher::hash_one(&keys, k));
-                            waiting.push_back((message, new_record, key));
+                            waiting.push_back((message, new_record));
                         }
-                        None => {
-                            taking = false;
-                            break;
-                        }
+                        None => taking = false,
                     }
-                    // The records the queue holds already are taken now,
-                    // without a round of the select (and its wake-up
-                    // registrations) each.
-                    if waiting.len() >= QUEUED_PER_PARTITION || *self.halt.borrow() || flags.is_revoked() {
-                        break;
-                    }
-                    match stream.next().now_or_never() {
-                        Some(Some(next)) => record = next,
-                        _ => break,
-                    }
-                },
+                }
             }
             if !taking {
                 // Left to the partition's next owner (or this worker's next start).
@@ -706,7 +686,7 @@ impl Worker {
 
     /// A record's run ended in `step`: its key is free again, and the
     /// worker stops taking records when the run says so.
-    fn finished(&self, key: Option<u64>, step: Step, busy_keys: &mut HashSet<u64>, taking: &mut bool) {
+    fn finished(&self, key: Option<Vec<u8>>, step: Step, busy_keys: &mut HashSet<Vec<u8>>, taking: &mut bool) {
         if let Some(key) = key {
             busy_keys.remove(&key);
         }
@@ -724,16 +704,15 @@ impl Worker {
     fn record(
         &mut self,
         message: Message,
-        key: Option<u64>,
         new_record: bool,
         flags: Arc<WorkerFlags>,
-    ) -> impl Future<Output = (Option<u64>, Step)> + Send + 'static {
+    ) -> impl Future<Output = (Option<Vec<u8>>, Step)> + Send + 'static {
         self.handler.resolve_counters();
         let mut handler = self.handler.clone();
         let mut fence = Fence { flags, halt: self.halt.clone(), inside: false };
         async move {
             if !fence.enter() {
-                return (key, Step::Revoked);
+                return (message.key, Step::Revoked);
             }
             // The record's trace (from its `traceparent`, or a new one) tags
             // the host's and the function's log lines and its effects.
@@ -752,7 +731,7 @@ impl Worker {
                 fence.flags.window().finish(message.offset);
             }
             drop(fence);
-            (key, step)
+            (message.key, step)
         }
     }
 }
