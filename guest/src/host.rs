@@ -32,6 +32,9 @@ mod imp {
     pub fn now_ms() -> i64 {
         wit::clock::now_ms()
     }
+    pub fn begin(index: u32) {
+        wit::batch::begin(index)
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -63,6 +66,8 @@ mod imp {
     pub fn now_ms() -> i64 {
         with_host(|h| h.now_ms)
     }
+    /// Natively, a batch is only a loop: the test host keeps no journal.
+    pub fn begin(_index: u32) {}
 }
 
 pub use imp::*;

@@ -29,15 +29,15 @@
 //! runnel_guest::export_function!(MyFunction);
 //! ```
 
-/// The generated bindings of the `stream-function` world. Functions use the
-/// modules re-exported at the crate's root, which also run under
-/// [`testing`].
+/// The generated bindings of the `batch-stream-function` world (the
+/// `stream-function` world and `handle-batch`). Functions use the modules
+/// re-exported at the crate's root, which also run under [`testing`].
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "stream-function",
+        world: "batch-stream-function",
         path: "../wit",
         pub_export_macro: true,
-        export_macro_name: "export_function",
+        export_macro_name: "__export_world",
         default_bindings_module: "runnel_guest::bindings",
     });
 }
@@ -47,7 +47,53 @@ mod host;
 pub mod testing;
 
 pub use bindings::runnel::function::types::Header;
-pub use bindings::{Guest, HandlerError, Message, export_function};
+pub use bindings::{HandlerError, Message};
+
+/// A function: one callback, called for each record.
+pub trait Guest {
+    /// Handles one message. `Ok` lets the host commit its offset.
+    fn handle(message: Message) -> Result<(), HandlerError>;
+}
+
+/// Exports `$function` (a [`Guest`]) as the component's `handle`, and as
+/// its `handle-batch`, which calls `handle` for each message of a batch in
+/// order (telling the host which one it is on, so that each message's
+/// capability calls are journaled as its own) and stops at the first that
+/// is not handled.
+#[macro_export]
+macro_rules! export_function {
+    ($function:ty) => {
+        const _: () = {
+            struct RunnelExport;
+            impl $crate::bindings::Guest for RunnelExport {
+                fn handle(message: $crate::Message) -> ::core::result::Result<(), $crate::HandlerError> {
+                    <$function as $crate::Guest>::handle(message)
+                }
+                fn handle_batch(
+                    messages: ::std::vec::Vec<$crate::Message>,
+                ) -> ::core::result::Result<(), (u32, $crate::HandlerError)> {
+                    $crate::handle_batch(messages, <$function as $crate::Guest>::handle)
+                }
+            }
+            $crate::bindings::__export_world!(RunnelExport with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// The loop behind a function's `handle-batch`: `handle` for each message,
+/// in order, until one is not handled (its index and error are the answer).
+#[doc(hidden)]
+pub fn handle_batch(
+    messages: Vec<Message>,
+    handle: impl Fn(Message) -> Result<(), HandlerError>,
+) -> Result<(), (u32, HandlerError)> {
+    for (index, message) in messages.into_iter().enumerate() {
+        let index = index as u32;
+        host::begin(index);
+        handle(message).map_err(|e| (index, e))?;
+    }
+    Ok(())
+}
 
 use bindings::runnel::function as wit;
 

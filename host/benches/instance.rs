@@ -2,7 +2,8 @@
 //! one record through the Rust probe's no-op `ok`, by Runnel's runtime with
 //! a fresh instance and with a reused one, next to plain wasmtime (its
 //! default on-demand allocator, WASI p2, a fresh store and instance per
-//! call) in the same run.
+//! call) in the same run; and 64 records through `handle` one by one next
+//! to one `handle-batch` of 64, fresh and reused.
 //!
 //! Reads RUNNEL_BENCH_FIXTURES_DIR. Nothing is granted, so no server is used.
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use runnel::platform::{
     capabilities::{ManifestGrants, Services, mail::Mail},
+    journal::Calls,
     runtime::{Limits, Message, Outcome, Runtime, bindings::StreamFunctionPre},
 };
 use wasmtime::{
@@ -69,6 +71,33 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("runnel, reused instance", |b| {
         b.to_async(&rt).iter(|| async { assert!(matches!(reused.handle(&ok).await, Outcome::Handled)) })
+    });
+    group.finish();
+
+    // The same no-op, 64 records per call of handle-batch (criterion's time
+    // is per batch: divide by 64 for a record), next to 64 calls of handle.
+    let batch: Vec<Message> = (0..64).map(|_| ok.clone()).collect();
+    let calls: Vec<Calls> = (0..64).map(|_| Calls::unjournaled("probe".into())).collect();
+    let mut group = c.benchmark_group("64 no-op records");
+    group.bench_function("runnel, fresh instance per record", |b| {
+        b.to_async(&rt).iter(|| async {
+            for message in &batch {
+                assert!(matches!(fresh.handle(message).await, Outcome::Handled))
+            }
+        })
+    });
+    group.bench_function("runnel, one fresh instance, one handle-batch", |b| {
+        b.to_async(&rt).iter(|| async { assert!(matches!(fresh.run_batch(&batch, &calls).await.outcome, Outcome::Handled)) })
+    });
+    group.bench_function("runnel, reused instance, handle per record", |b| {
+        b.to_async(&rt).iter(|| async {
+            for message in &batch {
+                assert!(matches!(reused.handle(message).await, Outcome::Handled))
+            }
+        })
+    });
+    group.bench_function("runnel, reused instance, one handle-batch", |b| {
+        b.to_async(&rt).iter(|| async { assert!(matches!(reused.run_batch(&batch, &calls).await.outcome, Outcome::Handled)) })
     });
     group.finish();
     // The functions hold the mail pool, which must be dropped within the runtime.

@@ -68,7 +68,85 @@ impl Message {
         }
     }
 }
-use bindings::{StreamFunction, StreamFunctionPre};
+use bindings::{StreamFunction, StreamFunctionIndices, StreamFunctionPre};
+
+/// The export a component of the `batch-stream-function` world adds.
+const HANDLE_BATCH: &str = "handle-batch";
+/// The interface through which its `handle-batch` says which record it is on.
+const BATCH_INTERFACE: &str = "runnel:function/batch@0.1.0";
+/// The most records one `handle-batch` call gets.
+pub const MAX_BATCH: u32 = 1000;
+
+/// The journals of the records of a `handle-batch` call, and what renews an
+/// instance's capabilities for one of them (`batch.begin`).
+pub(crate) struct BatchCalls {
+    calls: Vec<Calls>,
+    runtime: Runtime,
+    function: Arc<str>,
+    grants: Grants,
+}
+
+/// Links `batch.begin`: from then on, the instance's capability calls are
+/// journaled as the calls of that record of the batch. The log lines and the
+/// call's deadline go on across the batch.
+fn link_batch(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+    linker.instance(BATCH_INTERFACE)?.func_wrap(
+        "begin",
+        |mut store: wasmtime::StoreContextMut<'_, InstanceState>, (index,): (u32,)| {
+            let state = store.data_mut();
+            let Some(batch) = state.batch.take() else {
+                wasmtime::bail!("batch.begin({index}) called outside handle-batch")
+            };
+            let Some(calls) = batch.calls.get(index as usize).cloned() else {
+                let len = batch.calls.len();
+                state.batch = Some(batch);
+                wasmtime::bail!("batch.begin({index}) in a batch of {len} messages")
+            };
+            let (started, lines, dropped) = (state.call_started, std::mem::take(&mut state.logging.lines), state.logging.dropped);
+            state.renew(batch.runtime.services(), &batch.function, &batch.grants, &calls);
+            state.call_started = started;
+            state.logging.lines = lines;
+            state.logging.dropped = dropped;
+            state.batch = Some(batch);
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+/// An instance's exports: `handle`, and `handle-batch` when it has one.
+struct Exports {
+    handle: StreamFunction,
+    batch: Option<wasmtime::component::Func>,
+}
+
+/// What a call asks of an instance.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    One(&'a Message),
+    Batch(&'a [Message]),
+}
+
+impl Request<'_> {
+    fn len(&self) -> u32 {
+        match self {
+            Request::One(_) => 1,
+            Request::Batch(messages) => messages.len() as u32,
+        }
+    }
+}
+
+/// What the function answered.
+enum Answer {
+    One(Result<(), HandlerError>),
+    Batch(Result<(), (u32, HandlerError)>),
+}
+
+impl Answer {
+    fn handled(&self) -> bool {
+        matches!(self, Answer::One(Ok(())) | Answer::Batch(Ok(())))
+    }
+}
 
 /// How often the engine's epoch advances; deadlines are counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -305,6 +383,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         capabilities::link(&mut linker)?;
+        link_batch(&mut linker)?;
 
         let disk = match compiled_dir {
             Some(dir) => match DiskCache::open(&engine, dir) {
@@ -371,13 +450,15 @@ impl Runtime {
         let pre = StreamFunctionPre::new(instance_pre)
             .map_err(anyhow::Error::from)
             .context("the component does not export `handle` of the runnel:function world")?;
+        let indices = Arc::new(StreamFunctionIndices::new(pre.instance_pre()).map_err(anyhow::Error::from)?);
+        let batch = component.get_export_index(None, HANDLE_BATCH);
         // Kept only once it passed every check.
         self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner()).insert(digest.clone(), component.clone());
         if fresh && let Some(disk) = self.inner.disk.clone() {
             let component = component.clone();
             tokio::task::spawn_blocking(move || disk.store(&digest, &component));
         }
-        Ok(Function { name: Arc::from(name), grants, pre, runtime: self.clone(), reuse: None })
+        Ok(Function { name: Arc::from(name), grants, pre, indices, batch, runtime: self.clone(), reuse: None })
     }
 
     /// The compiled `bytes` (whose SHA-256 is `digest`), from memory, from
@@ -559,8 +640,23 @@ pub struct Function {
     name: Arc<str>,
     grants: Grants,
     pre: StreamFunctionPre<InstanceState>,
+    indices: Arc<StreamFunctionIndices>,
+    /// Its `handle-batch`, when the component exports one.
+    batch: Option<wasmtime::component::ComponentExportIndex>,
     runtime: Runtime,
     reuse: Option<Arc<Reuse>>,
+}
+
+/// How a `handle-batch` call ended.
+#[derive(Debug)]
+pub struct BatchInvocation {
+    /// The messages handled, the first ones of the batch.
+    pub handled: usize,
+    /// `Handled` when all were; else how the message after the handled ones
+    /// was declined, or how the call failed (a trap, a timeout, no
+    /// instance), which does not say which message it was on.
+    pub outcome: Outcome,
+    pub logs: Vec<LogLine>,
 }
 
 /// Instance reuse: its bounds and the instances waiting for a message.
@@ -603,7 +699,7 @@ impl Reuse {
 /// An instance that handled its last message and may take another.
 struct Warm {
     store: Store<InstanceState>,
-    instance: StreamFunction,
+    instance: Exports,
     served: u32,
     born: std::time::Instant,
 }
@@ -629,10 +725,59 @@ impl Function {
         self.run(message, &Calls::unjournaled(self.name.clone())).await
     }
 
+    /// Whether the component exports `handle-batch`.
+    pub fn batches(&self) -> bool {
+        self.batch.is_some()
+    }
+
     /// Runs `message` through an instance whose capability calls go through
     /// `calls`, the journal of this record: a new one, or with reuse, a warm
     /// one when there is one.
     pub async fn run(&self, message: &Message, calls: &Calls) -> Invocation {
+        let (answer, logs) = self.execute(Request::One(message), calls, None).await;
+        let outcome = match answer {
+            Ok(Answer::One(Ok(()))) => Outcome::Handled,
+            Ok(Answer::One(Err(declined))) => Outcome::Declined(declined),
+            Ok(Answer::Batch(_)) => Outcome::Failed(anyhow::anyhow!("a batch answer to one message")),
+            Err(outcome) => outcome,
+        };
+        Invocation { outcome, logs }
+    }
+
+    /// Runs `messages` through one instance's `handle-batch` (see
+    /// [`Function::batches`]), the capability calls made for `messages[i]`
+    /// going through `calls[i]`: a new instance, or with reuse, a warm one
+    /// (which then counts every message of the batch as one it served).
+    pub async fn run_batch(&self, messages: &[Message], calls: &[Calls]) -> BatchInvocation {
+        let fits = messages.len() == calls.len() && messages.len() <= MAX_BATCH as usize;
+        let Some(first) = calls.first().filter(|_| fits) else {
+            let outcome = match messages.is_empty() && calls.is_empty() {
+                true => Outcome::Handled,
+                false => Outcome::Failed(anyhow::anyhow!("{} messages with {} journals", messages.len(), calls.len())),
+            };
+            return BatchInvocation { handled: 0, outcome, logs: Vec::new() };
+        };
+        let batch = BatchCalls { calls: calls.to_vec(), runtime: self.runtime.clone(), function: self.name.clone(), grants: self.grants.clone() };
+        let (answer, logs) = self.execute(Request::Batch(messages), first, Some(Box::new(batch))).await;
+        let (handled, outcome) = match answer {
+            Ok(Answer::Batch(Ok(()))) => (messages.len(), Outcome::Handled),
+            Ok(Answer::Batch(Err((index, declined)))) if (index as usize) < messages.len() => {
+                (index as usize, Outcome::Declined(declined))
+            }
+            Ok(Answer::Batch(Err((index, _)))) => (
+                0,
+                Outcome::Failed(anyhow::anyhow!("handle-batch named message {index} of a batch of {}", messages.len())),
+            ),
+            Ok(Answer::One(_)) => (0, Outcome::Failed(anyhow::anyhow!("one answer to a batch"))),
+            Err(outcome) => (0, outcome),
+        };
+        BatchInvocation { handled, outcome, logs }
+    }
+
+    /// Runs `request` on an instance (warm, with reuse, or new), within the
+    /// call deadline; returns the answer, or the outcome of a call that gave
+    /// none, and what the function logged.
+    async fn execute(&self, request: Request<'_>, calls: &Calls, batch: Option<Box<BatchCalls>>) -> (Result<Answer, Outcome>, Vec<LogLine>) {
         let limits = self.runtime.inner.limits;
         let warm = self.reuse.as_ref().and_then(|reuse| reuse.take());
         let (mut store, instance, served, born) = match warm {
@@ -646,12 +791,15 @@ impl Function {
                 (store, None, 0, born)
             }
         };
+        store.data_mut().batch = batch;
         store.set_epoch_deadline(1);
-        let run = self.call(&mut store, instance, message);
-        let (outcome, instance) = match tokio::time::timeout(limits.timeout + EPOCH_TICK * 10, run).await {
-            Ok(Ok((instance, Ok(())))) => (Outcome::Handled, Some(instance)),
-            Ok(Ok((_, Err(declined)))) => (Outcome::Declined(declined), None),
-            Ok(Err(CallError::Run(trap))) => (Outcome::Failed(trap.into()), None),
+        let run = self.call(&mut store, instance, request);
+        let (answer, instance) = match tokio::time::timeout(limits.timeout + EPOCH_TICK * 10, run).await {
+            Ok(Ok((instance, answer))) => {
+                let instance = answer.handled().then_some(instance);
+                (Ok(answer), instance)
+            }
+            Ok(Err(CallError::Run(trap))) => (Err(Outcome::Failed(trap.into())), None),
             // Every slot of the pool is in use: a passing condition of the
             // host, retried like a service outage (not against the budget).
             Ok(Err(CallError::Start(e))) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
@@ -660,17 +808,18 @@ impl Function {
                 }
                 calls.note_unavailable().await;
                 let reason = format!("the host is at its limit of instances ({e})");
-                (Outcome::Declined(HandlerError::RetryLater(reason)), None)
+                (Err(Outcome::Declined(HandlerError::RetryLater(reason))), None)
             }
             Ok(Err(CallError::Start(e))) => {
-                (Outcome::NotStarted(anyhow::Error::from(e).context("cannot instantiate")), None)
+                (Err(Outcome::NotStarted(anyhow::Error::from(e).context("cannot instantiate"))), None)
             }
             Err(_) => (
-                Outcome::Failed(anyhow::anyhow!("did not finish within {:?} (waiting on a host call)", limits.timeout)),
+                Err(Outcome::Failed(anyhow::anyhow!("did not finish within {:?} (waiting on a host call)", limits.timeout))),
                 None,
             ),
         };
         let state = store.data_mut();
+        state.batch = None;
         for (stream, lines, dropped) in state.sandbox.take_output() {
             state.logging.record_output(stream, lines, dropped);
         }
@@ -679,13 +828,13 @@ impl Function {
         if logging.dropped > 0 {
             logs.push(LogLine { level: "warn", message: format!("… {} more lines not kept", logging.dropped) });
         }
-        // Only an instance that handled its message may take another.
+        // Only an instance that handled its messages may take more.
         if let (Some(reuse), Some(instance)) = (&self.reuse, instance)
-            && served + 1 < reuse.max_messages
+            && served + request.len() < reuse.max_messages
         {
-            reuse.put(Warm { store, instance, served: served + 1, born });
+            reuse.put(Warm { store, instance, served: served + request.len(), born });
         }
-        Invocation { outcome, logs }
+        (answer, logs)
     }
 
     fn store(&self, limits: Limits, calls: &Calls) -> Store<InstanceState> {
@@ -715,19 +864,36 @@ impl Function {
         store
     }
 
-    /// Calls `handle` on `instance`, or on a new one; returns the instance
-    /// with the answer.
+    /// Calls `handle` or `handle-batch` on `instance`, or on a new one;
+    /// returns the instance with the answer.
     async fn call(
         &self,
         store: &mut Store<InstanceState>,
-        instance: Option<StreamFunction>,
-        message: &Message,
-    ) -> Result<(StreamFunction, Result<(), HandlerError>), CallError> {
+        instance: Option<Exports>,
+        request: Request<'_>,
+    ) -> Result<(Exports, Answer), CallError> {
         let instance = match instance {
             Some(instance) => instance,
-            None => self.pre.instantiate_async(&mut *store).await.map_err(CallError::Start)?,
+            None => {
+                let instance = self.pre.instance_pre().instantiate_async(&mut *store).await.map_err(CallError::Start)?;
+                let handle = self.indices.load(&mut *store, &instance).map_err(CallError::Start)?;
+                let batch = self.batch.and_then(|index| instance.get_func(&mut *store, index));
+                Exports { handle, batch }
+            }
         };
-        let answer = instance.call_handle(&mut *store, message).await.map_err(CallError::Run)?;
+        let answer = match request {
+            Request::One(message) => Answer::One(instance.handle.call_handle(&mut *store, message).await.map_err(CallError::Run)?),
+            Request::Batch(messages) => {
+                let func = instance
+                    .batch
+                    .ok_or_else(|| CallError::Start(wasmtime::format_err!("the component does not export `{HANDLE_BATCH}`")))?;
+                let typed = func
+                    .typed::<(&[Message],), (Result<(), (u32, HandlerError)>,)>(&*store)
+                    .map_err(|e| CallError::Start(e.context(format!("`{HANDLE_BATCH}` is not the one of runnel:function/batch-stream-function"))))?;
+                let (answer,) = typed.call_async(&mut *store, (messages,)).await.map_err(CallError::Run)?;
+                Answer::Batch(answer)
+            }
+        };
         Ok((instance, answer))
     }
 }

@@ -114,7 +114,7 @@ pub fn check_imports(component: &Component) -> anyhow::Result<()> {
     }
     anyhow::bail!(
         "the component imports {}, which Runnel does not give; a function may import WASI p2 ({}) and \
-         runnel:function/{{{}}}",
+         runnel:function/{{{},batch}}",
         refused.join(", "),
         WASI_PACKAGES.join(", "),
         capabilities::NAMES.join(",")

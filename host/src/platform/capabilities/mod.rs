@@ -82,6 +82,9 @@ macro_rules! capabilities {
             pub(crate) sandbox: Sandbox,
             /// When the call in progress started (its deadline counts from it).
             pub(crate) call_started: std::time::Instant,
+            /// The journals of the records of the batch being handled, when
+            /// the call is a `handle-batch`.
+            pub(crate) batch: Option<Box<crate::platform::runtime::BatchCalls>>,
         }
 
         /// The names of the capabilities, as manifests and WIT name them.
@@ -111,6 +114,7 @@ macro_rules! capabilities {
                     limits,
                     sandbox: Sandbox::new(),
                     call_started: std::time::Instant::now(),
+                    batch: None,
                 }
             }
         }
