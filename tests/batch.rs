@@ -2,17 +2,27 @@
 //! records in one call of one instance, each record's capability calls
 //! journaled as its own (so a record delivered again alone gets its own
 //! earlier answers), and the first record not handled named with its error.
+//! Then through the Kafka trigger (`max-batch` in the manifest), on a real
+//! broker: every record handled once, bad ones dead-lettered without holding
+//! back the rest of their batch, offsets committed, a second delivery of
+//! everything answered from the journals; and a component without
+//! `handle-batch` refused a `max-batch`.
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use runnel::platform::{
     capabilities::{ManifestGrants, Services, mail::Mail},
     journal::{Journal, RecordKey},
     runtime::{Limits, Message, Outcome, Runtime},
 };
-use support::Servers;
+use reqwest::StatusCode;
+use support::{Host, Servers, committed_offset, create_topic, documents, fixture, recorder_manifest};
 
 const FUNCTION: &str = "recorder-batch";
 
@@ -107,4 +117,113 @@ async fn a_batch_journals_each_record_as_its_own_and_names_the_first_it_did_not_
     let answer = recorder.run_batch(&[], &[]).await;
     assert!(matches!(answer.outcome, Outcome::Handled) && answer.handled == 0, "{answer:?}");
     database.drop().await.unwrap();
+}
+
+const RECORDS: usize = 1_500;
+const PARTITIONS: i32 = 3;
+
+/// Polls the function until `done` says its counters are there (600 s at most).
+async fn counters_when(host: &Host, name: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let function = host.get_json(&format!("/admin/functions/{name}")).await;
+        let counters = function["running"]["counters"].clone();
+        if done(&counters) {
+            return counters;
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "not done in 600 s: {function}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trigger_hands_ready_records_to_handle_batch_and_loses_or_repeats_nothing() {
+    let servers = Servers::from_env();
+    let host = Host::start(&servers, &[]).await;
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (name, topic, collection) = (format!("batch-{id}"), format!("batch-{id}"), "records");
+    create_topic(&servers.kafka_brokers, &topic, PARTITIONS).await;
+
+    // A component of the one-record world is refused a batch, naming why.
+    let batching = |manifest: String| manifest.replace("[trigger.kafka]\n", "[trigger.kafka]\nmax-batch = 50\nmax-in-flight = 2\n");
+    let manifest = batching(recorder_manifest(&name, &topic, &format!("first-{id}"), collection, "A"));
+    let (status, problem) = host.deploy(&name, &manifest, &fixture("python-probe")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(problem.to_string().contains("max-batch = 50 needs a component that exports handle-batch"), "{problem}");
+
+    // 1,500 records over 40 keys (so a batch holds several of one key), one
+    // in 100 bad input; produced before the function starts, so that its
+    // partitions' queues are full and batches are large.
+    let producer = runnel::platform::kafka::EventProducer::new(
+        &runnel::platform::kafka::Cluster::new(&servers.kafka_brokers, Vec::new()),
+        Duration::from_secs(30),
+        false,
+    )
+    .unwrap();
+    let bad = |i: usize| i % 100 == 7;
+    for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(500) {
+        let sends = chunk.iter().map(|&i| {
+            let (key, payload) = (format!("k{}", i % 40), if bad(i) { "recorder:bad-input" } else { "{}" });
+            let producer = &producer;
+            let topic = &topic;
+            async move {
+                producer
+                    .publish(runnel::platform::kafka::Event { topic, key: Some(key.as_bytes()), payload: payload.as_bytes().to_vec(), headers: vec![] })
+                    .await
+            }
+        });
+        for result in futures::future::join_all(sends).await {
+            result.unwrap();
+        }
+    }
+    let bad_records = (0..RECORDS).filter(|&i| bad(i)).count() as u64;
+    let good_records = RECORDS as u64 - bad_records;
+
+    let (status, deployed) = host.deploy(&name, &manifest, &fixture("recorder")).await;
+    assert_eq!(status, StatusCode::OK, "{deployed}");
+    let counters = counters_when(&host, &name, |c| c["handled"].as_u64().unwrap_or(0) + c["deadLettered"].as_u64().unwrap_or(0) >= RECORDS as u64).await;
+    assert_eq!(counters["handled"], good_records, "{counters}");
+    assert_eq!(counters["deadLettered"], bad_records, "{counters}");
+    let batched = counters["batched"].as_u64().unwrap();
+    println!("handled {good_records}, of them {batched} in calls of handle-batch; {bad_records} dead-lettered");
+    // The first records of each partition start alone (nothing else is
+    // ready yet); a record after a bad one goes on in a batch again.
+    assert!(batched >= good_records * 3 / 4, "most records went through handle-batch: {counters}");
+
+    let docs = documents(&servers.mongodb_uri, &host.database, collection).await;
+    let mut seen: BTreeMap<(i64, i64), usize> = BTreeMap::new();
+    for d in &docs {
+        *seen.entry((d["partition"].as_i64().unwrap(), d["offset"].as_i64().unwrap())).or_default() += 1;
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "handled more than once: {repeated:?}");
+    assert_eq!(docs.len() as u64, good_records, "every good record handled once, no bad one recorded");
+
+    // Everything handled is committed (in the background, within a second).
+    let started = Instant::now();
+    loop {
+        let mut committed = 0;
+        for partition in 0..PARTITIONS {
+            committed += committed_offset(&servers.kafka_brokers, &format!("first-{id}"), &topic, partition).await.unwrap_or(0);
+        }
+        if committed == RECORDS as i64 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "committed {committed} of {RECORDS}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Every record delivered again (a new group): the journals answer, in
+    // batches too, and nothing is recorded twice.
+    let again = batching(recorder_manifest(&name, &topic, &format!("second-{id}"), collection, "A"));
+    let (status, deployed) = host.deploy(&name, &again, &fixture("recorder")).await;
+    assert_eq!(status, StatusCode::OK, "{deployed}");
+    let counters = counters_when(&host, &name, |c| {
+        c["handled"].as_u64().unwrap_or(0) + c["deadLettered"].as_u64().unwrap_or(0) >= 2 * RECORDS as u64
+    })
+    .await;
+    assert_eq!(counters["handled"], 2 * good_records, "{counters}");
+    assert!(counters["replayed"].as_u64().unwrap() >= good_records, "every handled record answered from its journal: {counters}");
+    let docs = documents(&servers.mongodb_uri, &host.database, collection).await;
+    assert_eq!(docs.len() as u64, good_records, "nothing recorded twice");
 }

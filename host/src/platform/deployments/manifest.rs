@@ -12,6 +12,8 @@
 //! group = "store-alerts"              # default: the function's name
 //! max-in-flight = 8                   # default 1: records of one partition
 //!                                     # run at once (one key: in order)
+//! max-batch = 64                      # default 1: ready records handed to one
+//!                                     # call of handle-batch
 //!
 //! [trigger.kafka.filter]              # optional; every condition given must hold
 //! key-prefix = "store-"
@@ -117,6 +119,12 @@ pub struct KafkaTrigger {
     /// other). 1, the default, runs the partition in its order.
     #[serde(default = "KafkaTrigger::one_at_a_time", rename = "max-in-flight", deserialize_with = "in_flight")]
     pub max_in_flight: u32,
+    /// How many ready records of a partition (in order, of keys not running
+    /// elsewhere) one call of the function's `handle-batch` may get. 1, the
+    /// default, calls `handle` once per record; more needs a component that
+    /// exports `handle-batch`.
+    #[serde(default = "KafkaTrigger::one_at_a_time", rename = "max-batch", deserialize_with = "batch_size")]
+    pub max_batch: u32,
 }
 
 impl KafkaTrigger {
@@ -132,6 +140,14 @@ fn in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let n = u32::deserialize(d)?;
     if !(1..=KafkaTrigger::MAX_IN_FLIGHT).contains(&n) {
         return Err(D::Error::custom(format!("must be from 1 to {}", KafkaTrigger::MAX_IN_FLIGHT)));
+    }
+    Ok(n)
+}
+
+fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if !(1..=crate::platform::runtime::MAX_BATCH).contains(&n) {
+        return Err(D::Error::custom(format!("must be from 1 to {}", crate::platform::runtime::MAX_BATCH)));
     }
     Ok(n)
 }
@@ -340,6 +356,9 @@ mod tests {
             ("name = 'x'\n[trigger.kafka]\ntopic = 't'\n[reuse]\nmax-seconds = 5", "missing field `max-messages`"),
             ("name = 'x'\n[trigger.kafka]\ntopic = 't'\nmax-in-flight = 0", "line 4: must be from 1 to 256"),
             ("name = 'x'\n[trigger.kafka]\ntopic = 't'\nmax-in-flight = 1000", "must be from 1 to 256"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\nmax-batch = 0", "line 4: must be from 1 to 1000"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\nmax-batch = 1001", "must be from 1 to 1000"),
+            ("name = 'x'\n[trigger.kafka]\ntopic = 't'\nmax-batch = 'all'", "line 4"),
         ] {
             let e = Manifest::parse(text).unwrap_err().to_string();
             assert!(e.contains(expected), "{text:?}: {e}");

@@ -183,6 +183,12 @@ impl Deployer {
             .map_err(DeployError::Grants)?;
         let mut function =
             self.inner.runtime.load(&manifest.name, component, grants).await.map_err(DeployError::Component)?;
+        let batch = manifest.trigger.kafka.max_batch;
+        if batch > 1 && !function.batches() {
+            return Err(DeployError::Component(anyhow::anyhow!(
+                "max-batch = {batch} needs a component that exports handle-batch (world runnel:function/batch-stream-function)"
+            )));
+        }
         if let Some(reuse) = manifest.reuse {
             function = function.reusing(reuse.max_messages, Duration::from_secs(reuse.max_seconds.into()));
         }

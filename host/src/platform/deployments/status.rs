@@ -46,6 +46,8 @@ impl FunctionState {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub handled: AtomicU64,
+    /// Of those, the ones handled in a call of `handle-batch`.
+    pub batched: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// Calls that trapped or timed out.
     pub failed: AtomicU64,
@@ -106,6 +108,7 @@ pub struct Status {
 #[serde(rename_all = "camelCase")]
 pub struct CounterSnapshot {
     pub handled: u64,
+    pub batched: u64,
     pub dead_lettered: u64,
     pub failed: u64,
     pub filtered: u64,
@@ -210,6 +213,7 @@ impl Status {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CounterSnapshot {
             handled: get(&c.handled),
+            batched: get(&c.batched),
             dead_lettered: get(&c.dead_lettered),
             failed: get(&c.failed),
             filtered: get(&c.filtered),

@@ -54,6 +54,7 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    pin::Pin,
     sync::{
         Arc, Condvar, Mutex, OnceLock, Weak,
         atomic::{AtomicBool, Ordering},
@@ -606,12 +607,16 @@ impl Worker {
         let mut taking = true;
         loop {
             if taking {
-                let (max, inline) = self.handler.scheduling();
+                let (max, inline, batch) = self.handler.scheduling();
                 while running.len() < max && taking {
-                    let ready = waiting.iter().position(|(m, _)| m.key.as_ref().is_none_or(|k| !busy_keys.contains(k)));
-                    let Some((message, new_record)) = ready.and_then(|i| waiting.remove(i)) else { break };
-                    if let Some(key) = &message.key {
-                        busy_keys.insert(key.clone());
+                    let mut picked = pick(&mut waiting, &busy_keys, batch);
+                    if picked.is_empty() {
+                        break;
+                    }
+                    for (message, _) in &picked {
+                        if let Some(key) = &message.key {
+                            busy_keys.insert(key.clone());
+                        }
                     }
                     // Boxed, so that a task moves a pointer, not the run's
                     // state. With reused instances, polled here once: a run
@@ -623,10 +628,15 @@ impl Worker {
                     // instance is always a task: instantiating takes long
                     // enough for the partition's records to gain from
                     // running on every core.
-                    let mut run = Box::pin(self.record(message, new_record, flags.clone()));
+                    let mut run: Pin<Box<dyn Future<Output = (Keys, Step)> + Send>> = if picked.len() == 1 {
+                        let (message, new_record) = picked.pop().expect("one record");
+                        Box::pin(self.record(message, new_record, flags.clone()))
+                    } else {
+                        Box::pin(self.records(picked, flags.clone()))
+                    };
                     if inline {
                         match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
-                            Poll::Ready((key, step)) => self.finished(key, step, &mut busy_keys, &mut taking),
+                            Poll::Ready((keys, step)) => self.finished(keys, step, &mut busy_keys, &mut taking),
                             Poll::Pending => {
                                 running.spawn(run);
                             }
@@ -646,14 +656,14 @@ impl Worker {
                 // (the next owner, maybe this consumer again, reads them).
                 () = flags.revoked.notified(), if taking => taking = false,
                 Some(joined) = running.join_next() => {
-                    let (key, step) = match joined {
+                    let (keys, step) = match joined {
                         Ok(done) => done,
                         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                         Err(_) => continue,
                     };
-                    self.finished(key, step, &mut busy_keys, &mut taking);
+                    self.finished(keys, step, &mut busy_keys, &mut taking);
                 }
-                record = queue.recv(), if taking && waiting.len() < QUEUED_PER_PARTITION => {
+                record = queue.recv(), if taking && waiting.len() < QUEUED_PER_PARTITION.max(self.handler.max_batch()) => {
                     let message = match record {
                         Ok(record) => to_wit(&record),
                         Err(e) => {
@@ -684,11 +694,19 @@ impl Worker {
         }
     }
 
-    /// A record's run ended in `step`: its key is free again, and the
-    /// worker stops taking records when the run says so.
-    fn finished(&self, key: Option<Vec<u8>>, step: Step, busy_keys: &mut HashSet<Vec<u8>>, taking: &mut bool) {
-        if let Some(key) = key {
-            busy_keys.remove(&key);
+    /// A run ended in `step`: its keys are free again, and the worker stops
+    /// taking records when the run says so.
+    fn finished(&self, keys: Keys, step: Step, busy_keys: &mut HashSet<Vec<u8>>, taking: &mut bool) {
+        match keys {
+            Keys::One(Some(key)) => {
+                busy_keys.remove(&key);
+            }
+            Keys::One(None) => {}
+            Keys::Many(keys) => {
+                for key in keys {
+                    busy_keys.remove(&key);
+                }
+            }
         }
         match step {
             Step::Done(_) => {}
@@ -706,13 +724,13 @@ impl Worker {
         message: Message,
         new_record: bool,
         flags: Arc<WorkerFlags>,
-    ) -> impl Future<Output = (Option<Vec<u8>>, Step)> + Send + 'static {
+    ) -> impl Future<Output = (Keys, Step)> + Send + 'static {
         self.handler.resolve_counters();
         let mut handler = self.handler.clone();
         let mut fence = Fence { flags, halt: self.halt.clone(), inside: false };
         async move {
             if !fence.enter() {
-                return (message.key, Step::Revoked);
+                return (Keys::One(message.key), Step::Revoked);
             }
             // The record's trace (from its `traceparent`, or a new one) tags
             // the host's and the function's log lines and its effects.
@@ -731,9 +749,66 @@ impl Worker {
                 fence.flags.window().finish(message.offset);
             }
             drop(fence);
-            (message.key, step)
+            (Keys::One(message.key), step)
         }
     }
+
+    /// The run of several ready records of the partition, in offset order,
+    /// handed to one call of the function's `handle-batch`.
+    fn records(
+        &mut self,
+        records: Vec<(Message, bool)>,
+        flags: Arc<WorkerFlags>,
+    ) -> impl Future<Output = (Keys, Step)> + Send + 'static {
+        self.handler.resolve_counters();
+        let mut handler = self.handler.clone();
+        let mut fence = Fence { flags, halt: self.halt.clone(), inside: false };
+        async move {
+            let keys = Keys::Many(records.iter().filter_map(|(m, _)| m.key.clone()).collect());
+            if !fence.enter() {
+                return (keys, Step::Revoked);
+            }
+            let (messages, new_records): (Vec<Message>, Vec<bool>) = records.into_iter().unzip();
+            // The batch runs in its first record's trace (each record's span
+            // is exported under its own).
+            let first = &messages[0];
+            let parent = TraceContext::from_headers(first.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())));
+            let trace = parent.map_or_else(TraceContext::root, |parent| parent.child());
+            let last = messages.last().map_or(first.offset, |m| m.offset);
+            let span = tracing::info_span!("records", trace_id = %trace.trace_id(), partition = first.partition, offset = first.offset, last, count = messages.len());
+            let step = trace::scope(trace, handler.process_batch(&messages, &new_records, &mut fence)).instrument(span).await;
+            drop(fence);
+            (keys, step)
+        }
+    }
+}
+
+/// The keys a run holds: of one record, or of a batch.
+enum Keys {
+    One(Option<Vec<u8>>),
+    Many(Vec<Vec<u8>>),
+}
+
+/// Takes the records to run next off `waiting`: the first whose key is not
+/// running, or with `batch` > 1, up to `batch` of them in offset order
+/// (several of one key among them, which the batch runs in their order).
+fn pick(waiting: &mut VecDeque<(Message, bool)>, busy_keys: &HashSet<Vec<u8>>, batch: usize) -> Vec<(Message, bool)> {
+    let free = |m: &Message| m.key.as_ref().is_none_or(|k| !busy_keys.contains(k));
+    if batch <= 1 {
+        let ready = waiting.iter().position(|(m, _)| free(m));
+        return ready.and_then(|i| waiting.remove(i)).into_iter().collect();
+    }
+    let mut picked = Vec::new();
+    let mut rest = VecDeque::with_capacity(waiting.len());
+    for (message, new_record) in waiting.drain(..) {
+        if picked.len() < batch && free(&message) {
+            picked.push((message, new_record));
+        } else {
+            rest.push_back((message, new_record));
+        }
+    }
+    *waiting = rest;
+    picked
 }
 
 /// What a record's run holds: the partition's fence (a try runs only while
@@ -864,9 +939,139 @@ impl Handler {
     /// How many records of a partition may run at once, and whether a
     /// record's run is first polled by its worker (with reused instances),
     /// by the version to run now.
-    fn scheduling(&self) -> (usize, bool) {
+    fn scheduling(&self) -> (usize, bool, usize) {
         let deployed = self.deployment.borrow();
-        (deployed.manifest.trigger.kafka.max_in_flight as usize, deployed.manifest.reuse.is_some())
+        let kafka = &deployed.manifest.trigger.kafka;
+        let batch = if deployed.function.batches() { kafka.max_batch as usize } else { 1 };
+        (kafka.max_in_flight as usize, deployed.manifest.reuse.is_some(), batch)
+    }
+
+    /// The most records one call may get, by the version to run now.
+    fn max_batch(&self) -> usize {
+        self.deployment.borrow().manifest.trigger.kafka.max_batch as usize
+    }
+
+    /// The journal key of `message`, and its event id when it has one.
+    fn record_key<'m>(message: &'m Message) -> (RecordKey, Option<&'m str>) {
+        let event_id = message
+            .headers
+            .iter()
+            .find(|h| h.key == RecordKey::EVENT_ID_HEADER)
+            .and_then(|h| std::str::from_utf8(&h.value).ok());
+        (RecordKey::new(message.topic.as_str(), message.partition, message.offset, event_id), event_id)
+    }
+
+    /// Runs ready records through calls of `handle-batch`. A record the
+    /// function declined goes on alone, as `process` runs any record (its
+    /// retries, dead-lettering and waits for a service; the batch's try does
+    /// not count against its budget), and the records after it in a batch
+    /// again; after a trap, a timeout or no instance (which do not say which
+    /// record it was on) the rest go one by one. Each record is finished in
+    /// the window as it may be committed. Answers `Done` when all may be,
+    /// else the step of the first that may not (those after it are left
+    /// unfinished: not committed).
+    async fn process_batch(&mut self, messages: &[Message], new_records: &[bool], fence: &mut Fence) -> Step {
+        let deployment = self.current();
+        let otlp = trace::otlp::enabled();
+        let since = otlp.then(SystemTime::now);
+        let finish = |handler: &Self, fence: &Fence, message: &Message, step: &Step| {
+            if let Some(since) = since {
+                let parent = TraceContext::from_headers(message.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())));
+                let context = parent.map_or_else(TraceContext::root, |parent| parent.child());
+                handler.export_span(message, context, parent, since, step);
+            }
+            if let Step::Done(_) = step {
+                fence.flags.window().finish(message.offset);
+            }
+        };
+        let filter = deployment.manifest.trigger.kafka.filter.as_ref();
+        let mut kept: Vec<usize> = Vec::with_capacity(messages.len());
+        for (i, message) in messages.iter().enumerate() {
+            if filter.is_none_or(|f| f.matches(message)) {
+                kept.push(i);
+            } else {
+                self.status.count(|c| &c.filtered);
+                self.counters_of(&deployment.version).filtered.inc();
+                finish(self, fence, message, &Step::Done(Done::Filtered));
+            }
+        }
+        let owned: Vec<Message>;
+        let (mut batch, mut new_records): (&[Message], Vec<bool>) = if kept.len() == messages.len() {
+            (messages, new_records.to_vec())
+        } else {
+            owned = kept.iter().map(|&i| messages[i].clone()).collect();
+            (&owned, kept.iter().map(|&i| new_records[i]).collect())
+        };
+        let name = self.name.clone();
+        while !batch.is_empty() {
+            // The newest version each time round (a deploy swaps it in place).
+            let deployment = self.current();
+            if !deployment.function.batches() {
+                for message in batch {
+                    let step = self.process(message, false, fence).await;
+                    finish(self, fence, message, &step);
+                    if !matches!(step, Step::Done(_)) {
+                        return step;
+                    }
+                }
+                break;
+            }
+            let calls: Vec<_> = batch
+                .iter()
+                .zip(&new_records)
+                .map(|(message, &new_record)| {
+                    let (key, event_id) = Self::record_key(message);
+                    if new_record && event_id.is_none() {
+                        self.journal.calls_of_new_record(name.clone(), key)
+                    } else {
+                        self.journal.calls(name.clone(), key)
+                    }
+                })
+                .collect();
+            let counters = self.counters_of(&deployment.version);
+            let started = Instant::now();
+            let answer = deployment.function.run_batch(batch, &calls).await;
+            counters.handling.observe(started.elapsed().as_secs_f64());
+            for (message, calls) in batch.iter().zip(&calls).take(answer.handled) {
+                counters.handled.inc();
+                let stats = calls.stats().await;
+                if stats.replayed > 0 {
+                    self.status.count(|c| &c.replayed);
+                    tracing::info!(function = %name, offset = message.offset, replayed = stats.replayed, "calls answered from the journal");
+                }
+                calls.handled().await;
+                self.status.count(|c| &c.handled);
+                self.status.count(|c| &c.batched);
+                finish(self, fence, message, &Step::Done(Done::Handled));
+            }
+            if answer.handled == batch.len() && matches!(answer.outcome, Outcome::Handled) {
+                return Step::Done(Done::Handled);
+            }
+            for calls in &calls[answer.handled..] {
+                calls.unhandled(KEPT_DEAD_LETTERED).await;
+            }
+            tracing::debug!(function = %name, handled = answer.handled, of = batch.len(), "batch stopped: {}", answer.outcome.kind());
+            // A declined record is known: it goes on alone, and the records
+            // after it in a batch again. A trap, a timeout or no instance
+            // does not say which record it was on: the rest go one by one.
+            let alone = match answer.outcome {
+                Outcome::Declined(_) => answer.handled + 1,
+                _ => batch.len(),
+            };
+            for message in &batch[answer.handled..alone] {
+                // Not new any more: the batch may have started it.
+                let step = self.process(message, false, fence).await;
+                finish(self, fence, message, &step);
+                if !matches!(step, Step::Done(_)) {
+                    return step;
+                }
+            }
+            batch = &batch[alone..];
+            // Never started by the SDK's loop, but a component may have
+            // begun them: their journals are read.
+            new_records = vec![false; batch.len()];
+        }
+        Step::Done(Done::Handled)
     }
 
     /// The version to run now.
@@ -942,12 +1147,7 @@ impl Handler {
             return Step::Done(Done::Filtered);
         }
         let name = self.name.clone();
-        let event_id = message
-            .headers
-            .iter()
-            .find(|h| h.key == RecordKey::EVENT_ID_HEADER)
-            .and_then(|h| std::str::from_utf8(&h.value).ok());
-        let key = RecordKey::new(message.topic.as_str(), message.partition, message.offset, event_id);
+        let (key, event_id) = Self::record_key(message);
         // Tries in all, retry-later answers and traps counted against the
         // budget, waits for a service.
         let (mut attempts, mut declined, mut failures, mut outages) = (0u32, 0u32, 0u32, 0u32);
