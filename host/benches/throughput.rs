@@ -23,7 +23,8 @@
 //! sets the records of the no-op runs, RUNNEL_BENCH_ROWS (a comma-separated
 //! list of `start`, `noop`, `languages`, `hosts`, `p2c`, `get`, `latency`;
 //! default all) the rows measured, RUNNEL_BENCH_IN_FLIGHT (default 8) the
-//! no-op function's `max-in-flight`, RUNNEL_BENCH_LOG (default `warn`) the
+//! no-op function's `max-in-flight`, RUNNEL_BENCH_BATCH (default 64) the
+//! `max-batch` of the no-op rows with batches, RUNNEL_BENCH_LOG (default `warn`) the
 //! hosts' RUNNEL_LOG.
 
 mod support;
@@ -139,10 +140,15 @@ async fn bare_consumer(topic: &str, n: u64) -> (f64, f64) {
     (since_assigned(&consumer, n), cpu_since_assigned(&consumer, n))
 }
 
-fn noop_manifest(name: &str, topic: &str, reuse: bool) -> String {
+/// The `max-batch` of the no-op rows measured with batches.
+fn bench_batch() -> u32 {
+    std::env::var("RUNNEL_BENCH_BATCH").map_or(64, |v| v.parse().expect("RUNNEL_BENCH_BATCH: a number"))
+}
+
+fn noop_manifest(name: &str, topic: &str, reuse: bool, batch: u32) -> String {
     let in_flight: u32 = std::env::var("RUNNEL_BENCH_IN_FLIGHT").map_or(8, |v| v.parse().expect("RUNNEL_BENCH_IN_FLIGHT: a number"));
     let mut manifest =
-        format!("name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\ngroup = '{}'\nmax-in-flight = {in_flight}\n", unique(name));
+        format!("name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\ngroup = '{}'\nmax-in-flight = {in_flight}\nmax-batch = {batch}\n", unique(name));
     if reuse {
         manifest.push_str("[reuse]\nmax-messages = 100000\nmax-seconds = 600\n");
     }
@@ -151,8 +157,13 @@ fn noop_manifest(name: &str, topic: &str, reuse: bool) -> String {
 
 /// A no-op function over the first `n` records of `topic`, on `hosts`.
 async fn noop(hosts: &[&BenchHost], component: &[u8], topic: &str, reuse: bool, n: u64) -> Measured {
+    noop_batched(hosts, component, topic, reuse, 1, n).await
+}
+
+/// The same, the function getting up to `batch` records a call.
+async fn noop_batched(hosts: &[&BenchHost], component: &[u8], topic: &str, reuse: bool, batch: u32, n: u64) -> Measured {
     let name = unique("noop");
-    hosts[0].deploy(&name, &noop_manifest(&name, topic, reuse), component).await;
+    hosts[0].deploy(&name, &noop_manifest(&name, topic, reuse, batch), component).await;
     let measured = rate_until_handled(hosts, &name, Counters::default(), n).await;
     hosts[0].undeploy(&name).await;
     measured
@@ -423,6 +434,7 @@ async fn main() {
     let mut rss_after = None;
     for (topic, partitions) in [(&one, 1), (&four, 4)].into_iter().filter(|_| wanted("noop")) {
         let (mut bare, mut fresh, mut reused) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fresh_batched, mut reused_batched) = (Vec::new(), Vec::new());
         let (mut bare_cpu, mut fresh_cpu, mut reused_cpu) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let (rate, cpu) = bare_consumer(topic, n).await;
@@ -439,6 +451,14 @@ async fn main() {
             let measured = lost.count(noop(&[&host], &probe, topic, true, n).await);
             reused.push(measured.rate);
             reused_cpu.push(measured.cpu_us);
+            fresh_batched.push(lost.rate(noop_batched(&[&host], &probe, topic, false, bench_batch(), n).await));
+            reused_batched.push(lost.rate(noop_batched(&[&host], &probe, topic, true, bench_batch(), n).await));
+            eprintln!(
+                "no-op, {partitions} partition(s), round {round}: batches of up to {}: fresh {:.0}/s, reused {:.0}/s",
+                bench_batch(),
+                fresh_batched[round],
+                reused_batched[round]
+            );
             eprintln!(
                 "no-op, {partitions} partition(s), round {round}: bare {:.0}/s ({:.2} µs CPU per record), fresh {:.0}/s ({:.2} µs), reused {:.0}/s ({:.2} µs)",
                 bare[round], bare_cpu[round], fresh[round], fresh_cpu[round], reused[round], reused_cpu[round]
@@ -448,6 +468,10 @@ async fn main() {
         let (fresh, reused) = (median(&mut fresh), median(&mut reused));
         table.row(format!("no-op function, {partitions} partition(s), fresh instance per record"), per_s(fresh), format!("bare rdkafka consumer: {}", per_s(bare)), format!("**{:.2}**", fresh / bare));
         table.row(format!("no-op function, {partitions} partition(s), reused instances"), per_s(reused), format!("bare rdkafka consumer: {}", per_s(bare)), format!("**{:.2}**", reused / bare));
+        let (fresh_batched, reused_batched) = (median(&mut fresh_batched), median(&mut reused_batched));
+        let batch = bench_batch();
+        table.row(format!("no-op function, {partitions} partition(s), fresh instance per batch (max-batch {batch})"), per_s(fresh_batched), format!("bare rdkafka consumer: {}", per_s(bare)), format!("**{:.2}**", fresh_batched / bare));
+        table.row(format!("no-op function, {partitions} partition(s), reused instances, batches (max-batch {batch})"), per_s(reused_batched), format!("bare rdkafka consumer: {}", per_s(bare)), format!("**{:.2}**", reused_batched / bare));
         let (bare_cpu, fresh_cpu, reused_cpu) = (median(&mut bare_cpu), median(&mut fresh_cpu), median(&mut reused_cpu));
         table.row(
             format!("CPU per no-op record, {partitions} partition(s), fresh / reused (host process, all threads)"),
