@@ -606,8 +606,10 @@ impl Worker {
         let mut running = JoinSet::new();
         let mut taking = true;
         loop {
+            let (max, inline, batch) = self.handler.scheduling();
+            // Room for a whole batch to form while the slots are taken.
+            let queue_limit = QUEUED_PER_PARTITION.max(batch);
             if taking {
-                let (max, inline, batch) = self.handler.scheduling();
                 while running.len() < max && taking {
                     let mut picked = pick(&mut waiting, &busy_keys, batch);
                     if picked.is_empty() {
@@ -663,7 +665,7 @@ impl Worker {
                     };
                     self.finished(keys, step, &mut busy_keys, &mut taking);
                 }
-                record = queue.recv(), if taking && waiting.len() < QUEUED_PER_PARTITION.max(self.handler.max_batch()) => {
+                record = queue.recv(), if taking && waiting.len() < queue_limit => {
                     let message = match record {
                         Ok(record) => to_wit(&record),
                         Err(e) => {
@@ -718,6 +720,13 @@ impl Worker {
         }
     }
 
+    /// What a run takes along: a clone of the handler (with the counters of
+    /// the version deployed now resolved), and a fence on the partition.
+    fn run_parts(&mut self, flags: Arc<WorkerFlags>) -> (Handler, Fence) {
+        self.handler.resolve_counters();
+        (self.handler.clone(), Fence { flags, halt: self.halt.clone(), inside: false })
+    }
+
     /// One record's run: polled by the worker, then a task of its own if it waits.
     fn record(
         &mut self,
@@ -725,17 +734,14 @@ impl Worker {
         new_record: bool,
         flags: Arc<WorkerFlags>,
     ) -> impl Future<Output = (Keys, Step)> + Send + 'static {
-        self.handler.resolve_counters();
-        let mut handler = self.handler.clone();
-        let mut fence = Fence { flags, halt: self.halt.clone(), inside: false };
+        let (mut handler, mut fence) = self.run_parts(flags);
         async move {
             if !fence.enter() {
                 return (Keys::One(message.key), Step::Revoked);
             }
             // The record's trace (from its `traceparent`, or a new one) tags
             // the host's and the function's log lines and its effects.
-            let parent = TraceContext::from_headers(message.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())));
-            let trace = parent.map_or_else(TraceContext::root, |parent| parent.child());
+            let (parent, trace) = record_trace(&message);
             let span = tracing::info_span!("record", trace_id = %trace.trace_id(), partition = message.partition, offset = message.offset);
             let since = trace::otlp::enabled().then(SystemTime::now);
             let step = trace::scope(trace, handler.process(&message, new_record, &mut fence)).instrument(span).await;
@@ -760,9 +766,7 @@ impl Worker {
         records: Vec<(Message, bool)>,
         flags: Arc<WorkerFlags>,
     ) -> impl Future<Output = (Keys, Step)> + Send + 'static {
-        self.handler.resolve_counters();
-        let mut handler = self.handler.clone();
-        let mut fence = Fence { flags, halt: self.halt.clone(), inside: false };
+        let (mut handler, mut fence) = self.run_parts(flags);
         async move {
             let keys = Keys::Many(records.iter().filter_map(|(m, _)| m.key.clone()).collect());
             if !fence.enter() {
@@ -772,8 +776,7 @@ impl Worker {
             // The batch runs in its first record's trace (each record's span
             // is exported under its own).
             let first = &messages[0];
-            let parent = TraceContext::from_headers(first.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())));
-            let trace = parent.map_or_else(TraceContext::root, |parent| parent.child());
+            let (_, trace) = record_trace(first);
             let last = messages.last().map_or(first.offset, |m| m.offset);
             let span = tracing::info_span!("records", trace_id = %trace.trace_id(), partition = first.partition, offset = first.offset, last, count = messages.len());
             let step = trace::scope(trace, handler.process_batch(&messages, &new_records, &mut fence)).instrument(span).await;
@@ -781,6 +784,13 @@ impl Worker {
             (keys, step)
         }
     }
+}
+
+/// A record's trace context: its parent from the `traceparent` header, if
+/// any, and its own (a child of it, or a new trace).
+fn record_trace(message: &Message) -> (Option<TraceContext>, TraceContext) {
+    let parent = TraceContext::from_headers(message.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())));
+    (parent, parent.map_or_else(TraceContext::root, |parent| parent.child()))
 }
 
 /// The keys a run holds: of one record, or of a batch.
@@ -946,11 +956,6 @@ impl Handler {
         (kafka.max_in_flight as usize, deployed.manifest.reuse.is_some(), batch)
     }
 
-    /// The most records one call may get, by the version to run now.
-    fn max_batch(&self) -> usize {
-        self.deployment.borrow().manifest.trigger.kafka.max_batch as usize
-    }
-
     /// The journal key of `message`, and its event id when it has one.
     fn record_key<'m>(message: &'m Message) -> (RecordKey, Option<&'m str>) {
         let event_id = message
@@ -972,18 +977,7 @@ impl Handler {
     /// unfinished: not committed).
     async fn process_batch(&mut self, messages: &[Message], new_records: &[bool], fence: &mut Fence) -> Step {
         let deployment = self.current();
-        let otlp = trace::otlp::enabled();
-        let since = otlp.then(SystemTime::now);
-        let finish = |handler: &Self, fence: &Fence, message: &Message, step: &Step| {
-            if let Some(since) = since {
-                let parent = TraceContext::from_headers(message.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())));
-                let context = parent.map_or_else(TraceContext::root, |parent| parent.child());
-                handler.export_span(message, context, parent, since, step);
-            }
-            if let Step::Done(_) = step {
-                fence.flags.window().finish(message.offset);
-            }
-        };
+        let since = trace::otlp::enabled().then(SystemTime::now);
         let filter = deployment.manifest.trigger.kafka.filter.as_ref();
         let mut kept: Vec<usize> = Vec::with_capacity(messages.len());
         for (i, message) in messages.iter().enumerate() {
@@ -992,7 +986,7 @@ impl Handler {
             } else {
                 self.status.count(|c| &c.filtered);
                 self.counters_of(&deployment.version).filtered.inc();
-                finish(self, fence, message, &Step::Done(Done::Filtered));
+                self.ended(fence, message, since, &Step::Done(Done::Filtered));
             }
         }
         let owned: Vec<Message>;
@@ -1007,14 +1001,7 @@ impl Handler {
             // The newest version each time round (a deploy swaps it in place).
             let deployment = self.current();
             if !deployment.function.batches() {
-                for message in batch {
-                    let step = self.process(message, false, fence).await;
-                    finish(self, fence, message, &step);
-                    if !matches!(step, Step::Done(_)) {
-                        return step;
-                    }
-                }
-                break;
+                return self.one_by_one(batch, since, fence).await;
             }
             let calls: Vec<_> = batch
                 .iter()
@@ -1042,7 +1029,7 @@ impl Handler {
                 calls.handled().await;
                 self.status.count(|c| &c.handled);
                 self.status.count(|c| &c.batched);
-                finish(self, fence, message, &Step::Done(Done::Handled));
+                self.ended(fence, message, since, &Step::Done(Done::Handled));
             }
             if answer.handled == batch.len() && matches!(answer.outcome, Outcome::Handled) {
                 return Step::Done(Done::Handled);
@@ -1058,13 +1045,9 @@ impl Handler {
                 Outcome::Declined(_) => answer.handled + 1,
                 _ => batch.len(),
             };
-            for message in &batch[answer.handled..alone] {
-                // Not new any more: the batch may have started it.
-                let step = self.process(message, false, fence).await;
-                finish(self, fence, message, &step);
-                if !matches!(step, Step::Done(_)) {
-                    return step;
-                }
+            let step = self.one_by_one(&batch[answer.handled..alone], since, fence).await;
+            if !matches!(step, Step::Done(_)) {
+                return step;
             }
             batch = &batch[alone..];
             // Never started by the SDK's loop, but a component may have
@@ -1072,6 +1055,33 @@ impl Handler {
             new_records = vec![false; batch.len()];
         }
         Step::Done(Done::Handled)
+    }
+
+    /// Runs `messages` of a batch one after the other as `process` runs a
+    /// record (not as new ones: the batch may have started them); answers
+    /// as `process_batch` does.
+    async fn one_by_one(&mut self, messages: &[Message], since: Option<SystemTime>, fence: &mut Fence) -> Step {
+        for message in messages {
+            let step = self.process(message, false, fence).await;
+            self.ended(fence, message, since, &step);
+            if !matches!(step, Step::Done(_)) {
+                return step;
+            }
+        }
+        Step::Done(Done::Handled)
+    }
+
+    /// A record of a batch (run from `since`, when spans are exported) ended
+    /// in `step`: its span is exported, and it is finished in the window
+    /// when it may be committed.
+    fn ended(&self, fence: &Fence, message: &Message, since: Option<SystemTime>, step: &Step) {
+        if let Some(since) = since {
+            let (parent, context) = record_trace(message);
+            self.export_span(message, context, parent, since, step);
+        }
+        if let Step::Done(_) = step {
+            fence.flags.window().finish(message.offset);
+        }
     }
 
     /// The version to run now.
