@@ -104,6 +104,7 @@ $(tail -n 20 "$RUNNEL_RUN_DIR/$name.log" 2>/dev/null)"
 }
 
 RUNNEL_PIDS=()
+RUNNEL_NAMES=()
 
 # Servers run in sessions of their own: Ctrl-C reaches the host, which shuts
 # down while they still answer; runnel_stop_servers stops them after it.
@@ -112,6 +113,7 @@ start_bg() { # name, command...
   shift
   setsid "$@" >"$RUNNEL_RUN_DIR/$name.log" 2>&1 </dev/null &
   RUNNEL_PIDS+=("$!")
+  RUNNEL_NAMES+=("$name")
   LAST_PID=$!
 }
 
@@ -178,6 +180,23 @@ runnel_stop_servers() {
   for pid in "${RUNNEL_PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   RUNNEL_PIDS=()
+  RUNNEL_NAMES=()
+}
+
+# After a failure: whether each server runnel_start_servers started still
+# runs, the end of its log, and the free disk (a server that died or a full
+# disk explains failures that a test's own output cannot).
+runnel_report_servers() {
+  local i pid name state
+  for i in "${!RUNNEL_PIDS[@]}"; do
+    pid=${RUNNEL_PIDS[$i]} name=${RUNNEL_NAMES[$i]}
+    state=running
+    kill -0 "$pid" 2>/dev/null || state="not running"
+    [[ $state == running ]] && state="running ($(ps -o rss=,pcpu= -p "$pid" 2>/dev/null | awk '{printf "%d MiB resident, %s%% CPU", $1/1024, $2}'))"
+    log "$name (pid $pid): $state; the end of $RUNNEL_RUN_DIR/$name.log:"
+    tail -n 30 "$RUNNEL_RUN_DIR/$name.log" >&2 2>/dev/null || true
+  done
+  log "free disk: $(df -h --output=avail "$RUNNEL_RUN_DIR" 2>/dev/null | tail -1 | tr -d ' ') where the servers keep their data, $(df -h --output=avail "${TMPDIR:-/tmp}" 2>/dev/null | tail -1 | tr -d ' ') in the temporary folder"
 }
 
 # Versions of the toolchains for Python and JavaScript functions (the
