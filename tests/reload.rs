@@ -14,10 +14,10 @@ use std::{
 use reqwest::StatusCode;
 use support::{Host, Servers, create_topic, documents, fixture, recorder_manifest};
 
-// Every record is an insert and a journal write on the shared SecantusDB,
-// which slows as the test run fills it: 10,000 records took 416 s in one
-// full run and did not finish in 600 s in another. 4,000 still means
-// hundreds of swaps while records flow.
+// Every record is an insert and a journal write on SecantusDB, which slows
+// as it fills: 10,000 records took 416 s in one full run and did not finish
+// in 600 s in another (on the servers the whole run shared, before each test
+// binary got its own). 4,000 still means hundreds of swaps while records flow.
 const RECORDS: usize = 4_000;
 const PARTITIONS: i32 = 3;
 
