@@ -5,8 +5,9 @@
 //! Then through the Kafka trigger (`max-batch` in the manifest), on a real
 //! broker: every record handled once, bad ones dead-lettered without holding
 //! back the rest of their batch, offsets committed, a second delivery of
-//! everything answered from the journals; and a component without
-//! `handle-batch` refused a `max-batch`.
+//! everything answered from the journals; a record retried inside a batch
+//! holding back the later records of its own key only; and a component
+//! without `handle-batch` refused a `max-batch`.
 
 mod support;
 
@@ -226,4 +227,76 @@ async fn the_trigger_hands_ready_records_to_handle_batch_and_loses_or_repeats_no
     assert!(counters["replayed"].as_u64().unwrap() >= good_records, "every handled record answered from its journal: {counters}");
     let docs = documents(&servers.mongodb_uri, &host.database, collection).await;
     assert_eq!(docs.len() as u64, good_records, "nothing recorded twice");
+}
+
+/// A record the function declines inside a batch ends the batch there: it
+/// is retried in a run of its own, holding its key, and the records after
+/// it go on by their keys meanwhile; its key's next record waits for it,
+/// and nothing past it is committed until it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_retried_inside_a_batch_holds_back_only_its_own_key() {
+    let servers = Servers::from_env();
+    let host = Host::start(&servers, &[]).await;
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (name, topic, group) = (format!("split-{id}"), format!("split-{id}"), format!("split-{id}"));
+    create_topic(&servers.kafka_brokers, &topic, 1).await;
+    let manifest = format!(
+        "name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\ngroup = '{group}'\nmax-batch = 20\nmax-in-flight = 2\n\
+         [trigger.kafka.retry]\nattempts = 1000\nbackoff = '50ms'\nmax-backoff = '200ms'\n"
+    );
+    let (status, deployed) = host.deploy(&name, &manifest, &fixture("probe")).await;
+    assert_eq!(status, StatusCode::OK, "{deployed}");
+    counters_when(&host, &name, |c| c["assignments"].as_u64().unwrap_or(0) >= 1).await;
+
+    // Two records retried for 4 s take both slots, so that the seven after
+    // them are ready together when a slot frees: one batch, led by a record
+    // retried for 30 s, then its key's next record, then five of other keys.
+    let brokers = &servers.kafka_brokers;
+    let producer = runnel::platform::kafka::EventProducer::new(&runnel::platform::kafka::Cluster::new(brokers, Vec::new()), Duration::from_secs(30), false).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let (gate, slow) = (now + 4_000, now + 30_000);
+    let mut records = vec![
+        ("gate-a".to_string(), format!("retry-until:{gate}")),
+        ("gate-b".to_string(), format!("retry-until:{gate}")),
+        ("slow".to_string(), format!("retry-until:{slow}")),
+        ("slow".to_string(), "ok".to_string()),
+    ];
+    records.extend((0..5).map(|i| (format!("fast-{i}"), "ok".to_string())));
+    // One producer, one record after the other: in this order, within a few milliseconds.
+    for (key, payload) in &records {
+        let event = runnel::platform::kafka::Event { topic: &topic, key: Some(key.as_bytes()), payload: payload.as_bytes().to_vec(), headers: vec![] };
+        producer.publish(event).await.unwrap();
+    }
+    assert!(chrono::Utc::now().timestamp_millis() < gate - 2_000, "producing took too long to tell");
+
+    // While the slow record is retried: the gates and the five others are
+    // handled, the five through handle-batch; the slow key's next record
+    // waits, and nothing is committed past the slow record (offset 2).
+    let deadline = slow - 5_000;
+    let counters = loop {
+        let counters = host.counters(&name).await;
+        if counters["handled"].as_u64().unwrap_or(0) >= 7 || chrono::Utc::now().timestamp_millis() > deadline {
+            break counters;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(chrono::Utc::now().timestamp_millis() <= deadline, "the other keys waited for the retried record: {counters}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counters = host.counters(&name).await;
+    let committed = committed_offset(brokers, &group, &topic, 0).await;
+    assert!(chrono::Utc::now().timestamp_millis() < slow, "checked too late to tell: {counters}");
+    assert_eq!(counters["handled"], 7, "the slow key's next record waited: {counters}");
+    assert!(counters["batched"].as_u64().unwrap() >= 5, "the other keys went on in a batch: {counters}");
+    assert!(counters["retried"].as_u64().unwrap() >= 1, "{counters}");
+    assert!(committed.is_none_or(|o| o <= 2), "committed past the retried record: {committed:?}");
+
+    // Once it is done, its key's next record runs, and all nine are committed.
+    let counters = counters_when(&host, &name, |c| c["handled"].as_u64().unwrap_or(0) >= 9).await;
+    assert_eq!(counters["handled"], 9, "{counters}");
+    assert_eq!(counters["deadLettered"], 0, "{counters}");
+    let started = Instant::now();
+    while committed_offset(brokers, &group, &topic, 0).await != Some(9) {
+        assert!(started.elapsed() < Duration::from_secs(30), "offset 9 not committed in 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

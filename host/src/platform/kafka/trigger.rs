@@ -630,7 +630,7 @@ impl Worker {
                     // instance is always a task: instantiating takes long
                     // enough for the partition's records to gain from
                     // running on every core.
-                    let mut run: Pin<Box<dyn Future<Output = (Keys, Step)> + Send>> = if picked.len() == 1 {
+                    let mut run: Pin<Box<dyn Future<Output = Ran> + Send>> = if picked.len() == 1 {
                         let (message, new_record) = picked.pop().expect("one record");
                         Box::pin(self.record(message, new_record, flags.clone()))
                     } else {
@@ -638,7 +638,7 @@ impl Worker {
                     };
                     if inline {
                         match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
-                            Poll::Ready((keys, step)) => self.finished(keys, step, &mut busy_keys, &mut taking),
+                            Poll::Ready(ran) => self.finished(ran, &mut busy_keys, &mut taking, &mut waiting, &mut running, &flags),
                             Poll::Pending => {
                                 running.spawn(run);
                             }
@@ -658,12 +658,12 @@ impl Worker {
                 // (the next owner, maybe this consumer again, reads them).
                 () = flags.revoked.notified(), if taking => taking = false,
                 Some(joined) = running.join_next() => {
-                    let (keys, step) = match joined {
+                    let ran = match joined {
                         Ok(done) => done,
                         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                         Err(_) => continue,
                     };
-                    self.finished(keys, step, &mut busy_keys, &mut taking);
+                    self.finished(ran, &mut busy_keys, &mut taking, &mut waiting, &mut running, &flags);
                 }
                 record = queue.recv(), if taking && waiting.len() < queue_limit => {
                     let message = match record {
@@ -696,9 +696,21 @@ impl Worker {
         }
     }
 
-    /// A run ended in `step`: its keys are free again, and the worker stops
-    /// taking records when the run says so.
-    fn finished(&self, keys: Keys, step: Step, busy_keys: &mut HashSet<Vec<u8>>, taking: &mut bool) {
+    /// A run ended: its keys are free again, and the worker stops taking
+    /// records when the run says so. A batch that stopped at a record it
+    /// declined hands that record to a run of its own (which holds its key)
+    /// and the records after it back to the ready ones, ahead of the rest:
+    /// a record retried holds back the later records of its key only.
+    fn finished(
+        &mut self,
+        ran: Ran,
+        busy_keys: &mut HashSet<Vec<u8>>,
+        taking: &mut bool,
+        waiting: &mut VecDeque<(Message, bool)>,
+        running: &mut JoinSet<Ran>,
+        flags: &Arc<WorkerFlags>,
+    ) {
+        let Ran { keys, step, split } = ran;
         match keys {
             Keys::One(Some(key)) => {
                 busy_keys.remove(&key);
@@ -718,6 +730,18 @@ impl Worker {
                 let _ = self.ended.send(state);
             }
         }
+        // Once not taking, left to the partition's next owner like the
+        // records waiting (nothing past them is committed).
+        if let Some(Split { declined, rest }) = split.filter(|_| *taking) {
+            if let Some(key) = &declined.key {
+                busy_keys.insert(key.clone());
+            }
+            // Not new: the batch started it.
+            running.spawn(self.record(declined, false, flags.clone()));
+            for message in rest.into_iter().rev() {
+                waiting.push_front((message, false));
+            }
+        }
     }
 
     /// What a run takes along: a clone of the handler (with the counters of
@@ -733,11 +757,11 @@ impl Worker {
         message: Message,
         new_record: bool,
         flags: Arc<WorkerFlags>,
-    ) -> impl Future<Output = (Keys, Step)> + Send + 'static {
+    ) -> impl Future<Output = Ran> + Send + 'static {
         let (mut handler, mut fence) = self.run_parts(flags);
         async move {
             if !fence.enter() {
-                return (Keys::One(message.key), Step::Revoked);
+                return Ran { keys: Keys::One(message.key), step: Step::Revoked, split: None };
             }
             // The record's trace (from its `traceparent`, or a new one) tags
             // the host's and the function's log lines and its effects.
@@ -755,7 +779,7 @@ impl Worker {
                 fence.flags.window().finish(message.offset);
             }
             drop(fence);
-            (Keys::One(message.key), step)
+            Ran { keys: Keys::One(message.key), step, split: None }
         }
     }
 
@@ -765,12 +789,12 @@ impl Worker {
         &mut self,
         records: Vec<(Message, bool)>,
         flags: Arc<WorkerFlags>,
-    ) -> impl Future<Output = (Keys, Step)> + Send + 'static {
+    ) -> impl Future<Output = Ran> + Send + 'static {
         let (mut handler, mut fence) = self.run_parts(flags);
         async move {
             let keys = Keys::Many(records.iter().filter_map(|(m, _)| m.key.clone()).collect());
             if !fence.enter() {
-                return (keys, Step::Revoked);
+                return Ran { keys, step: Step::Revoked, split: None };
             }
             let (messages, new_records): (Vec<Message>, Vec<bool>) = records.into_iter().unzip();
             // The batch runs in its first record's trace (each record's span
@@ -779,9 +803,9 @@ impl Worker {
             let (_, trace) = record_trace(first);
             let last = messages.last().map_or(first.offset, |m| m.offset);
             let span = tracing::info_span!("records", trace_id = %trace.trace_id(), partition = first.partition, offset = first.offset, last, count = messages.len());
-            let step = trace::scope(trace, handler.process_batch(&messages, &new_records, &mut fence)).instrument(span).await;
+            let (step, split) = trace::scope(trace, handler.process_batch(&messages, &new_records, &mut fence)).instrument(span).await;
             drop(fence);
-            (keys, step)
+            Ran { keys, step, split }
         }
     }
 }
@@ -791,6 +815,22 @@ impl Worker {
 fn record_trace(message: &Message) -> (Option<TraceContext>, TraceContext) {
     let parent = TraceContext::from_headers(message.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())));
     (parent, parent.map_or_else(TraceContext::root, |parent| parent.child()))
+}
+
+/// How a run ended: the keys it held, its step, and the records a batch
+/// handed back.
+struct Ran {
+    keys: Keys,
+    step: Step,
+    split: Option<Split>,
+}
+
+/// A batch stopped at a record the function declined, with records after it.
+struct Split {
+    /// To run on alone, as any record is run (retried, dead-lettered...).
+    declined: Message,
+    /// Not run: ready again, in offset order.
+    rest: Vec<Message>,
 }
 
 /// The keys a run holds: of one record, or of a batch.
@@ -969,13 +1009,15 @@ impl Handler {
     /// Runs ready records through calls of `handle-batch`. A record the
     /// function declined goes on alone, as `process` runs any record (its
     /// retries, dead-lettering and waits for a service; the batch's try does
-    /// not count against its budget), and the records after it in a batch
-    /// again; after a trap, a timeout or no instance (which do not say which
+    /// not count against its budget): in a run of its own, with the records
+    /// after it handed back to the worker (the [`Split`]), so that while it
+    /// is retried they go on by their keys; when it is the last, here.
+    /// After a trap, a timeout or no instance (which do not say which
     /// record it was on) the rest go one by one. Each record is finished in
-    /// the window as it may be committed. Answers `Done` when all may be,
-    /// else the step of the first that may not (those after it are left
-    /// unfinished: not committed).
-    async fn process_batch(&mut self, messages: &[Message], new_records: &[bool], fence: &mut Fence) -> Step {
+    /// the window as it may be committed. Answers `Done` when all run here
+    /// may be, else the step of the first that may not (those after it are
+    /// left unfinished: not committed).
+    async fn process_batch(&mut self, messages: &[Message], new_records: &[bool], fence: &mut Fence) -> (Step, Option<Split>) {
         let deployment = self.current();
         let since = trace::otlp::enabled().then(SystemTime::now);
         let filter = deployment.manifest.trigger.kafka.filter.as_ref();
@@ -990,71 +1032,68 @@ impl Handler {
             }
         }
         let owned: Vec<Message>;
-        let (mut batch, mut new_records): (&[Message], Vec<bool>) = if kept.len() == messages.len() {
+        let (batch, new_records): (&[Message], Vec<bool>) = if kept.len() == messages.len() {
             (messages, new_records.to_vec())
         } else {
             owned = kept.iter().map(|&i| messages[i].clone()).collect();
             (&owned, kept.iter().map(|&i| new_records[i]).collect())
         };
         let name = self.name.clone();
-        while !batch.is_empty() {
-            // The newest version each time round (a deploy swaps it in place).
-            let deployment = self.current();
-            if !deployment.function.batches() {
-                return self.one_by_one(batch, since, fence).await;
-            }
-            let calls: Vec<_> = batch
-                .iter()
-                .zip(&new_records)
-                .map(|(message, &new_record)| {
-                    let (key, event_id) = Self::record_key(message);
-                    if new_record && event_id.is_none() {
-                        self.journal.calls_of_new_record(name.clone(), key)
-                    } else {
-                        self.journal.calls(name.clone(), key)
-                    }
-                })
-                .collect();
-            let counters = self.counters_of(&deployment.version);
-            let started = Instant::now();
-            let answer = deployment.function.run_batch(batch, &calls).await;
-            counters.handling.observe(started.elapsed().as_secs_f64());
-            for (message, calls) in batch.iter().zip(&calls).take(answer.handled) {
-                counters.handled.inc();
-                let stats = calls.stats().await;
-                if stats.replayed > 0 {
-                    self.status.count(|c| &c.replayed);
-                    tracing::info!(function = %name, offset = message.offset, replayed = stats.replayed, "calls answered from the journal");
-                }
-                calls.handled().await;
-                self.status.count(|c| &c.handled);
-                self.status.count(|c| &c.batched);
-                self.ended(fence, message, since, &Step::Done(Done::Handled));
-            }
-            if answer.handled == batch.len() && matches!(answer.outcome, Outcome::Handled) {
-                return Step::Done(Done::Handled);
-            }
-            for calls in &calls[answer.handled..] {
-                calls.unhandled(KEPT_DEAD_LETTERED).await;
-            }
-            tracing::debug!(function = %name, handled = answer.handled, of = batch.len(), "batch stopped: {}", answer.outcome.kind());
-            // A declined record is known: it goes on alone, and the records
-            // after it in a batch again. A trap, a timeout or no instance
-            // does not say which record it was on: the rest go one by one.
-            let alone = match answer.outcome {
-                Outcome::Declined(_) => answer.handled + 1,
-                _ => batch.len(),
-            };
-            let step = self.one_by_one(&batch[answer.handled..alone], since, fence).await;
-            if !matches!(step, Step::Done(_)) {
-                return step;
-            }
-            batch = &batch[alone..];
-            // Never started by the SDK's loop, but a component may have
-            // begun them: their journals are read.
-            new_records = vec![false; batch.len()];
+        if batch.is_empty() {
+            return (Step::Done(Done::Handled), None);
         }
-        Step::Done(Done::Handled)
+        if !deployment.function.batches() {
+            return (self.one_by_one(batch, since, fence).await, None);
+        }
+        let calls: Vec<_> = batch
+            .iter()
+            .zip(&new_records)
+            .map(|(message, &new_record)| {
+                let (key, event_id) = Self::record_key(message);
+                if new_record && event_id.is_none() {
+                    self.journal.calls_of_new_record(name.clone(), key)
+                } else {
+                    self.journal.calls(name.clone(), key)
+                }
+            })
+            .collect();
+        let counters = self.counters_of(&deployment.version);
+        let started = Instant::now();
+        let answer = deployment.function.run_batch(batch, &calls).await;
+        counters.handling.observe(started.elapsed().as_secs_f64());
+        for (message, calls) in batch.iter().zip(&calls).take(answer.handled) {
+            counters.handled.inc();
+            let stats = calls.stats().await;
+            if stats.replayed > 0 {
+                self.status.count(|c| &c.replayed);
+                tracing::info!(function = %name, offset = message.offset, replayed = stats.replayed, "calls answered from the journal");
+            }
+            calls.handled().await;
+            self.status.count(|c| &c.handled);
+            self.status.count(|c| &c.batched);
+            self.ended(fence, message, since, &Step::Done(Done::Handled));
+        }
+        if answer.handled == batch.len() && matches!(answer.outcome, Outcome::Handled) {
+            return (Step::Done(Done::Handled), None);
+        }
+        for calls in &calls[answer.handled..] {
+            calls.unhandled(KEPT_DEAD_LETTERED).await;
+        }
+        tracing::debug!(function = %name, handled = answer.handled, of = batch.len(), "batch stopped: {}", answer.outcome.kind());
+        // A declined record is known: it goes on alone, and the records
+        // after it are ready again (never started by the SDK's loop,
+        // but a component may have begun them: their journals are read).
+        // A trap, a timeout or no instance does not say which record it
+        // was on: the rest go one by one.
+        let alone = match answer.outcome {
+            Outcome::Declined(_) => answer.handled + 1,
+            _ => batch.len(),
+        };
+        if alone < batch.len() {
+            let split = Split { declined: batch[answer.handled].clone(), rest: batch[alone..].to_vec() };
+            return (Step::Done(Done::Handled), Some(split));
+        }
+        (self.one_by_one(&batch[answer.handled..], since, fence).await, None)
     }
 
     /// Runs `messages` of a batch one after the other as `process` runs a
