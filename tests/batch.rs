@@ -1,13 +1,15 @@
 //! `handle-batch` through the runtime, against the real database: several
 //! records in one call of one instance, each record's capability calls
 //! journaled as its own (so a record delivered again alone gets its own
-//! earlier answers), and the first record not handled named with its error.
+//! earlier answers), and the first record not handled named with its error;
+//! the same for Python and JavaScript functions.
 //! Then through the Kafka trigger (`max-batch` in the manifest), on a real
 //! broker: every record handled once, bad ones dead-lettered without holding
 //! back the rest of their batch, offsets committed, a second delivery of
 //! everything answered from the journals; a record retried inside a batch
-//! holding back the later records of its own key only; and a component
-//! without `handle-batch` refused a `max-batch`.
+//! holding back the later records of its own key only; each record's mail
+//! and log line carrying its own trace; and a component without
+//! `handle-batch` refused a `max-batch`.
 
 mod support;
 
@@ -120,6 +122,67 @@ async fn a_batch_journals_each_record_as_its_own_and_names_the_first_it_did_not_
     database.drop().await.unwrap();
 }
 
+/// The Python and JavaScript SDKs build for the batch world too: a batch
+/// whose third record is bad input answers 2 handled and the error, each
+/// handled record's insert journaled under that record (so it is answered
+/// from the journal when the record comes again alone), the rest never
+/// reached; a bug in the function traps the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_functions_take_batches_each_record_journaled_as_its_own() {
+    let servers = Servers::from_env();
+    let database_name = format!("batch-languages-{}", uuid::Uuid::new_v4().simple());
+    let client = mongodb::Client::with_uri_str(&servers.mongodb_uri).await.unwrap();
+    let database = client.database(&database_name);
+    let mail = Mail::new(&servers.smtp_url, "runnel@example.com").unwrap();
+    let compiled = std::env::var("RUNNEL_COMPILED_DIR").ok().map(std::path::PathBuf::from);
+    let runtime = Runtime::new(Services::new(database.clone(), mail, Duration::from_secs(5)), Limits::default(), compiled).unwrap();
+    let journal = Journal::open(&database, Duration::from_secs(5)).await.unwrap();
+    for language in ["python", "js"] {
+        let (name, collection) = (format!("{language}-batch"), format!("{language}_recorded"));
+        let grants: ManifestGrants = toml::from_str(&format!("[documents]\nwrite = ['{collection}']\n")).unwrap();
+        let grants = runtime.services().resolve(&name, &grants, &|_| None).unwrap();
+        let function = runtime.load(&name, &fixture(&format!("{language}-probe")), grants).await.unwrap();
+        assert!(function.batches(), "{language}: the SDK exports handle-batch");
+
+        let function_name: Arc<str> = Arc::from(name.as_str());
+        let calls_of = |m: &Message| journal.calls(function_name.clone(), RecordKey::new(m.topic.as_str(), m.partition, m.offset, None));
+        let insert = format!("insert:{collection}");
+        let batch = vec![message(0, &insert), message(1, &insert), message(2, "bad-input"), message(3, &insert)];
+        let calls: Vec<_> = batch.iter().map(calls_of).collect();
+        let answer = function.run_batch(&batch, &calls).await;
+        assert_eq!(answer.handled, 2, "{language}: {answer:?}");
+        assert!(
+            matches!(&answer.outcome, Outcome::Declined(runnel::platform::runtime::HandlerError::BadInput(r)) if r == "asked for bad-input"),
+            "{language}: {answer:?}"
+        );
+        for (i, c) in calls.iter().enumerate() {
+            assert_eq!(c.stats().await.journaled, u32::from(i < 2), "{language}, record {i}: its own insert, journaled under it");
+        }
+        let offsets = |docs: Vec<serde_json::Value>| {
+            let mut offsets: Vec<i64> = docs.iter().map(|d| d["offset"].as_i64().unwrap()).collect();
+            offsets.sort_unstable();
+            offsets
+        };
+        assert_eq!(offsets(documents(&servers.mongodb_uri, &database_name, &collection).await), [0, 1], "{language}");
+
+        // Record 1 again, alone: its insert is answered from its journal.
+        let calls = calls_of(&batch[1]);
+        let outcome = function.run(&batch[1], &calls).await.outcome;
+        assert!(matches!(outcome, Outcome::Handled), "{language}: {outcome:?}");
+        assert_eq!(calls.stats().await.replayed, 1, "{language}");
+        assert_eq!(offsets(documents(&servers.mongodb_uri, &database_name, &collection).await), [0, 1], "{language}: nothing written twice");
+
+        // A bug traps the whole batch: nothing is counted as handled.
+        let trapping = vec![message(10, "ok"), message(11, "trap"), message(12, "ok")];
+        let calls: Vec<_> = trapping.iter().map(calls_of).collect();
+        let answer = function.run_batch(&trapping, &calls).await;
+        assert!(matches!(answer.outcome, Outcome::Failed(_)) && answer.handled == 0, "{language}: {answer:?}");
+        let answer = function.run_batch(&trapping[..1], &calls[..1]).await;
+        assert!(matches!(answer.outcome, Outcome::Handled) && answer.handled == 1, "{language}: {answer:?}");
+    }
+    database.drop().await.unwrap();
+}
+
 const RECORDS: usize = 1_500;
 const PARTITIONS: i32 = 3;
 
@@ -148,7 +211,7 @@ async fn the_trigger_hands_ready_records_to_handle_batch_and_loses_or_repeats_no
     // A component of the one-record world is refused a batch, naming why.
     let batching = |manifest: String| manifest.replace("[trigger.kafka]\n", "[trigger.kafka]\nmax-batch = 50\nmax-in-flight = 2\n");
     let manifest = batching(recorder_manifest(&name, &topic, &format!("first-{id}"), collection, "A"));
-    let (status, problem) = host.deploy(&name, &manifest, &fixture("python-probe")).await;
+    let (status, problem) = host.deploy(&name, &manifest, &fixture("one-record")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
     assert!(problem.to_string().contains("max-batch = 50 needs a component that exports handle-batch"), "{problem}");
 
@@ -298,5 +361,75 @@ async fn a_record_retried_inside_a_batch_holds_back_only_its_own_key() {
     while committed_offset(brokers, &group, &topic, 0).await != Some(9) {
         assert!(started.elapsed() < Duration::from_secs(30), "offset 9 not committed in 30 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each record of a batch keeps its own trace: the mail the function sends
+/// for it carries its `traceparent`'s trace id, and so does its log line,
+/// which names no other record's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_record_of_a_batch_keeps_its_own_trace() {
+    use support::store_alert_flow::DISTRIBUTION_LIST;
+    const STORES: usize = 40;
+    let servers = Servers::from_env();
+    let host = Host::start(&servers, &[("ALERT_DISTRIBUTION_LIST", DISTRIBUTION_LIST), ("RUNNEL_LOG_FORMAT", "json")]).await;
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (name, topic, group) = (format!("traced-{id}"), format!("traced-{id}"), format!("traced-{id}"));
+    create_topic(&servers.kafka_brokers, &topic, 1).await;
+
+    // Produced before the function starts, so that they are ready together.
+    let producer = runnel::platform::kafka::EventProducer::new(
+        &runnel::platform::kafka::Cluster::new(&servers.kafka_brokers, Vec::new()),
+        Duration::from_secs(30),
+        false,
+    )
+    .unwrap();
+    let stores: Vec<(String, String)> =
+        (0..STORES).map(|i| (format!("Batched {id} {i}"), uuid::Uuid::new_v4().simple().to_string())).collect();
+    for (i, (store, trace_id)) in stores.iter().enumerate() {
+        let payload = serde_json::json!({ "storeName": store, "storeStatus": "CLOSED" }).to_string();
+        let (key, traceparent) = (format!("store-{i}"), format!("00-{trace_id}-00f067aa0ba902b7-01"));
+        let event = runnel::platform::kafka::Event {
+            topic: &topic,
+            key: Some(key.as_bytes()),
+            payload: payload.into_bytes(),
+            headers: vec![("traceparent", traceparent.into_bytes())],
+        };
+        producer.publish(event).await.unwrap();
+    }
+
+    let functions = &servers.functions_dir;
+    let component = std::fs::read(functions.join("store-alert-to-email.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(functions.join("store-alert-to-email.toml"))
+        .unwrap()
+        .replace("name = \"store-alert-to-email\"", &format!("name = '{name}'"))
+        .replace("topic = \"store-alerts-topic\"", &format!("topic = '{topic}'"))
+        .replace("group = \"store-alerts\"", &format!("group = '{group}'"))
+        .replace("max-in-flight = 8", "max-in-flight = 1\nmax-batch = 20");
+    assert!(manifest.contains(&format!("group = '{group}'")) && manifest.contains("max-batch = 20"), "{manifest}");
+    let (status, deployed) = host.deploy(&name, &manifest, &component).await;
+    assert_eq!(status, StatusCode::OK, "{deployed}");
+    let counters = counters_when(&host, &name, |c| c["handled"].as_u64().unwrap_or(0) >= STORES as u64).await;
+    assert_eq!(counters["handled"], STORES as u64, "{counters}");
+    let batched = counters["batched"].as_u64().unwrap();
+    println!("{STORES} records handled, {batched} of them in calls of handle-batch");
+    assert!(batched >= STORES as u64 / 2, "most records went through handle-batch: {counters}");
+
+    let lines: Vec<serde_json::Value> = host.log_text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    for (store, trace_id) in &stores {
+        let mails = support::mails_with_subject(&servers.maildir, &format!("Store Alert: {store}"));
+        assert!(!mails.is_empty(), "no mail for {store}");
+        for mail in &mails {
+            assert!(mail.traceparent.starts_with(&format!("00-{trace_id}-")), "{store}: mail Traceparent '{}', not trace {trace_id}", mail.traceparent);
+        }
+        let mailed = format!("for store '{store}' mailed");
+        let line = lines
+            .iter()
+            .find(|l| l["fields"]["message"].as_str().or(l["message"].as_str()).is_some_and(|m| m.ends_with(&mailed)))
+            .unwrap_or_else(|| panic!("no log line for {store}"))
+            .to_string();
+        assert!(line.contains(trace_id.as_str()), "{store}: its log line names not its trace {trace_id}: {line}");
+        let others: Vec<_> = stores.iter().filter(|(_, t)| t != trace_id && line.contains(t.as_str())).collect();
+        assert!(others.is_empty(), "{store}: its log line names other records' traces {others:?}: {line}");
     }
 }

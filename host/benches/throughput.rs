@@ -488,8 +488,10 @@ async fn main() {
         let component = read("RUNNEL_BENCH_FIXTURES_DIR", fixture);
         let fresh = lost.rate(noop(&[&host], &component, &one, false, few).await);
         let reused = lost.rate(noop(&[&host], &component, &one, true, few).await);
-        eprintln!("{language} no-op: fresh {fresh:.0}/s, reused {reused:.0}/s (Rust fresh {rust_few:.0}/s)");
+        let fresh_batched = lost.rate(noop_batched(&[&host], &component, &one, false, bench_batch(), few).await);
+        eprintln!("{language} no-op: fresh {fresh:.0}/s, reused {reused:.0}/s, fresh per batch {fresh_batched:.0}/s (Rust fresh {rust_few:.0}/s)");
         table.row(format!("{language} no-op, 1 partition, fresh / reused"), format!("{} / {}", per_s(fresh), per_s(reused)), format!("Rust no-op, fresh: {}", per_s(rust_few)), format!("{:.2} / {:.2}", fresh / rust_few, reused / rust_few));
+        table.row(format!("{language} no-op, 1 partition, fresh instance per batch (max-batch {})", bench_batch()), per_s(fresh_batched), format!("Rust no-op, fresh: {}", per_s(rust_few)), format!("{:.2}", fresh_batched / rust_few));
     }
 
     // Two hosts in one group on the 4-partition topic, against one host

@@ -281,7 +281,7 @@ runnel_build_function() {
     python)
       runnel_install_python_toolchain
       # The SDK's entry point wraps the function's app.py.
-      "$RUNNEL_VENV/bin/componentize-py" -d "$RUNNEL_ROOT/wit" -w stream-function componentize runnel_component \
+      "$RUNNEL_VENV/bin/componentize-py" -d "$RUNNEL_ROOT/wit" -w batch-stream-function componentize runnel_component \
         -p "$RUNNEL_ROOT/sdk/python" -p "$dir" -o "$tmp" >/dev/null || { rm -f "$tmp"; return 1; }
       ;;
     js)
@@ -295,7 +295,7 @@ runnel_build_function() {
       # Without `-d http fetch-event` the component would import wasi:http,
       # which the host refuses.
       node "$js/@bytecodealliance/componentize-js/src/cli.js" "$bundle" --wit "$RUNNEL_ROOT/wit" \
-        -n stream-function -d http fetch-event -o "$tmp" >&2 || { rm -f "$bundle" "$tmp"; return 1; }
+        -n batch-stream-function -d http fetch-event -o "$tmp" >&2 || { rm -f "$bundle" "$tmp"; return 1; }
       rm -f "$bundle"
       ;;
     *) die "$dir: unknown language '$language' (rust, python or js)" ;;

@@ -20,6 +20,7 @@ import * as witMail from "runnel:function/mail@0.1.0";
 import * as witConfig from "runnel:function/config@0.1.0";
 import * as witLogging from "runnel:function/logging@0.1.0";
 import * as witClock from "runnel:function/clock@0.1.0";
+import * as witBatch from "runnel:function/batch@0.1.0";
 
 /** Why a record was not handled; `payload` is the world's handler-error. */
 export class HandlerError extends Error {
@@ -185,5 +186,27 @@ export function exportHandler(handler) {
       }
       throw e;
     }
+  };
+}
+
+// The world's `handle-batch` around `handle` (what `exportHandler` made):
+// each record in its turn, its capability calls journaled as its own
+// (`batch.begin`); the first the function declines ends the batch, named
+// with its error. A bug traps, as in `handle`.
+export function exportBatchHandler(handle) {
+  return (records) => {
+    records.forEach((record, index) => {
+      witBatch.begin(index);
+      try {
+        handle(record);
+      } catch (e) {
+        if (e instanceof HandlerError) {
+          const declined = new Error(e.message);
+          Object.defineProperty(declined, "payload", { value: [index, e.payload], enumerable: false });
+          throw declined;
+        }
+        throw e;
+      }
+    });
   };
 }

@@ -1,15 +1,18 @@
-"""The component's entry point (componentize-py's `WitWorld`): turns the
-host's record into a `runnel.Message`, calls the function registered in the
-function's `app` module, and turns its exceptions into the world's
-`handler-error`. Built in by the Runnel build; not imported by functions."""
+"""The component's entry point (componentize-py's `WitWorld` of the
+`batch-stream-function` world): turns the host's record into a
+`runnel.Message`, calls the function registered in the function's `app`
+module, and turns its exceptions into the world's `handler-error`;
+`handle-batch` does so for each record of a batch in turn. Built in by the
+Runnel build; not imported by functions."""
 
 import inspect
 import sys
 import traceback
+from typing import List
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import clock, config, documents, logging, mail, types
+from wit_world.imports import batch, clock, config, documents, logging, mail, types
 
 import runnel
 from runnel import _bindings
@@ -22,6 +25,17 @@ _handle = runnel._registered()
 
 
 class WitWorld(wit_world.WitWorld):
+    def handle_batch(self, messages: List[types.Message]) -> None:
+        # Each record in its turn, its capability calls journaled as its own
+        # (`batch.begin`); the first the function declines ends the batch,
+        # named with its error. A bug traps, as in `handle`.
+        for index, message in enumerate(messages):
+            batch.begin(index)
+            try:
+                self.handle(message)
+            except Err as e:
+                raise Err((index, e.value))
+
     def handle(self, message: types.Message) -> None:
         msg = runnel.Message(
             topic=message.topic,

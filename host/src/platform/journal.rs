@@ -52,7 +52,7 @@ use mongodb::{
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{Mutex, mpsc};
 
-use super::runtime::sha256_hex;
+use super::{runtime::sha256_hex, trace::TraceContext};
 
 /// The collection the journal lives in.
 pub const COLLECTION: &str = "runnel_journal";
@@ -501,6 +501,9 @@ pub struct Calls {
     inner: Arc<Mutex<CallsInner>>,
     function: Arc<str>,
     record: Option<RecordKey>,
+    /// The record's trace, when it is not the one the call runs in (a
+    /// record of a batch, whose call runs in no one record's trace).
+    trace: Option<TraceContext>,
 }
 
 struct CallsInner {
@@ -546,7 +549,21 @@ impl Calls {
             })),
             function,
             record,
+            trace: None,
         }
+    }
+
+    /// These calls, made for a record whose trace is `trace`: its effects
+    /// carry it (a mail's `Traceparent`) and its function's log lines name
+    /// it.
+    pub fn traced(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// The record's trace, when [`Calls::traced`] gave one.
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.trace
     }
 
     /// Calls that are not journaled: for running a function by hand

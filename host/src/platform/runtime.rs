@@ -87,7 +87,8 @@ pub(crate) struct BatchCalls {
 }
 
 /// Links `batch.begin`: from then on, the instance's capability calls are
-/// journaled as the calls of that record of the batch. The log lines and the
+/// journaled as the calls of that record of the batch, and carry its trace
+/// (see [`Calls::traced`]), as do its log lines. The lines kept and the
 /// call's deadline go on across the batch.
 fn link_batch(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
     linker.instance(BATCH_INTERFACE)?.func_wrap(
@@ -102,6 +103,10 @@ fn link_batch(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
                 state.batch = Some(batch);
                 wasmtime::bail!("batch.begin({index}) in a batch of {len} messages")
             };
+            // What the record before wrote to stdout and stderr is its own.
+            for (stream, lines, dropped) in state.sandbox.take_output() {
+                state.logging.record_output(stream, lines, dropped);
+            }
             let (started, lines, dropped) = (state.call_started, std::mem::take(&mut state.logging.lines), state.logging.dropped);
             state.renew(batch.runtime.services(), &batch.function, &batch.grants, &calls);
             state.call_started = started;

@@ -22,6 +22,10 @@ export function handle(message) {
       return;
     case "bad-input":
       throw new BadInput("asked for bad-input");
+    case "insert":
+      // One document naming the record, into the collection `arg`.
+      documents.insertOne(arg, { offset: message.offset });
+      return;
     case "retry":
       throw new RetryLater("asked to retry");
     case "read-file":

@@ -23,6 +23,10 @@ def handle(message: runnel.Message) -> None:
         return
     if verb == "bad-input":
         raise runnel.BadInput("asked for bad-input")
+    if verb == "insert":
+        # One document naming the record, into the collection `arg`.
+        runnel.documents.insert_one(arg, {"offset": message.offset})
+        return
     if verb == "retry":
         raise runnel.RetryLater("asked to retry")
     if verb == "read-file":

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{Capability, NoSettings};
-use crate::platform::runtime::bindings::runnel::function::logging as wit;
+use crate::platform::{runtime::bindings::runnel::function::logging as wit, trace::TraceContext};
 
 /// Lines kept per call, and bytes kept per line.
 const MAX_LINES: usize = 100;
@@ -17,6 +17,9 @@ pub struct Logging;
 
 pub struct State {
     function: Arc<str>,
+    /// The record's trace, when the call does not run in it (a record of a
+    /// batch): each line names it.
+    trace: Option<TraceContext>,
     /// What this call logged, oldest first.
     pub lines: Vec<LogLine>,
     pub dropped: usize,
@@ -37,8 +40,8 @@ impl Capability for Logging {
         Ok(())
     }
 
-    fn instance(&self, function: &Arc<str>, _: &Arc<()>, _: &crate::platform::journal::Calls) -> State {
-        State { function: function.clone(), lines: Vec::new(), dropped: 0 }
+    fn instance(&self, function: &Arc<str>, _: &Arc<()>, calls: &crate::platform::journal::Calls) -> State {
+        State { function: function.clone(), trace: calls.trace(), lines: Vec::new(), dropped: 0 }
     }
 
     fn link<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut State) -> anyhow::Result<()> {
@@ -61,25 +64,27 @@ impl State {
             message.push('…');
         }
         let function = &*self.function;
+        let trace = self.trace.map(|t| t.trace_id());
+        let trace_id = trace.as_deref();
         let level = match level {
             wit::Level::Trace => {
-                tracing::trace!(function, source, "{message}");
+                tracing::trace!(function, source, trace_id, "{message}");
                 "trace"
             }
             wit::Level::Debug => {
-                tracing::debug!(function, source, "{message}");
+                tracing::debug!(function, source, trace_id, "{message}");
                 "debug"
             }
             wit::Level::Info => {
-                tracing::info!(function, source, "{message}");
+                tracing::info!(function, source, trace_id, "{message}");
                 "info"
             }
             wit::Level::Warn => {
-                tracing::warn!(function, source, "{message}");
+                tracing::warn!(function, source, trace_id, "{message}");
                 "warn"
             }
             wit::Level::Error => {
-                tracing::error!(function, source, "{message}");
+                tracing::error!(function, source, trace_id, "{message}");
                 "error"
             }
         };

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::Capability;
-use crate::platform::{journal::Calls, runtime::bindings::runnel::function::mail as wit};
+use crate::platform::{journal::Calls, runtime::bindings::runnel::function::mail as wit, trace::TraceContext};
 
 /// The service: a connection pool to one SMTP relay, the sender, and the
 /// bound on one send.
@@ -86,8 +86,9 @@ impl Mail {
     }
 
     /// Sends one plain-text message; `id` (hex digits) makes its Message-ID,
-    /// otherwise a random one is made. Gives up after the service's timeout.
-    pub async fn send(&self, to: &[String], subject: &str, body: &str, id: Option<&str>) -> Result<(), MailError> {
+    /// otherwise a random one is made; `trace` (the record's) its
+    /// `Traceparent`. Gives up after the service's timeout.
+    pub async fn send(&self, to: &[String], subject: &str, body: &str, id: Option<&str>, trace: Option<TraceContext>) -> Result<(), MailError> {
         if to.is_empty() {
             return Err(MailError::Invalid("a message needs at least one recipient".into()));
         }
@@ -99,8 +100,7 @@ impl Mail {
             builder = builder.to(mailbox);
         }
         let message_id = id.map(|id| format!("<{id}.runnel@{}>", self.from.email.domain()));
-        // The trace of the record being handled, if any.
-        if let Some(trace) = crate::platform::trace::current() {
+        if let Some(trace) = trace {
             builder = builder.header(Traceparent(trace.header()));
         }
         let message = builder
@@ -164,9 +164,12 @@ impl wit::Host for State {
         let mail = &self.mail;
         let keep = |r: &Result<(), wit::MailError>| !matches!(r, Err(wit::MailError::Unavailable(_)));
         let args = (&message.to, &message.subject, &message.body);
+        // The trace of the record being handled: its own in a batch, else
+        // the one the call runs in.
+        let trace = self.calls.trace().or_else(crate::platform::trace::current);
         self.calls
             .run("mail.send", true, &args, keep, |call| async move {
-                mail.send(args.0, args.1, args.2, call.hex()).await.map_err(|e| match e {
+                mail.send(args.0, args.1, args.2, call.hex(), trace).await.map_err(|e| match e {
                     MailError::Invalid(m) => wit::MailError::Invalid(m),
                     MailError::Unavailable(m) => wit::MailError::Unavailable(m),
                 })

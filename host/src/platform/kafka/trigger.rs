@@ -797,13 +797,12 @@ impl Worker {
                 return Ran { keys, step: Step::Revoked, split: None };
             }
             let (messages, new_records): (Vec<Message>, Vec<bool>) = records.into_iter().unzip();
-            // The batch runs in its first record's trace (each record's span
-            // is exported under its own).
+            // The batch runs in no one record's trace: each record's
+            // capability calls, log lines and span carry its own.
             let first = &messages[0];
-            let (_, trace) = record_trace(first);
             let last = messages.last().map_or(first.offset, |m| m.offset);
-            let span = tracing::info_span!("records", trace_id = %trace.trace_id(), partition = first.partition, offset = first.offset, last, count = messages.len());
-            let (step, split) = trace::scope(trace, handler.process_batch(&messages, &new_records, &mut fence)).instrument(span).await;
+            let span = tracing::info_span!("records", partition = first.partition, offset = first.offset, last, count = messages.len());
+            let (step, split) = handler.process_batch(&messages, &new_records, &mut fence).instrument(span).await;
             drop(fence);
             Ran { keys, step, split }
         }
@@ -812,7 +811,11 @@ impl Worker {
 
 /// A record's trace context: its parent from the `traceparent` header, if
 /// any, and its own (a child of it, or a new trace).
-fn record_trace(message: &Message) -> (Option<TraceContext>, TraceContext) {
+type RecordTrace = (Option<TraceContext>, TraceContext);
+
+/// The [`RecordTrace`] of `message` (a new one each time, when its headers
+/// have none).
+fn record_trace(message: &Message) -> RecordTrace {
     let parent = TraceContext::from_headers(message.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())));
     (parent, parent.map_or_else(TraceContext::root, |parent| parent.child()))
 }
@@ -1022,13 +1025,16 @@ impl Handler {
         let since = trace::otlp::enabled().then(SystemTime::now);
         let filter = deployment.manifest.trigger.kafka.filter.as_ref();
         let mut kept: Vec<usize> = Vec::with_capacity(messages.len());
+        let mut traces: Vec<RecordTrace> = Vec::with_capacity(messages.len());
         for (i, message) in messages.iter().enumerate() {
+            let trace = record_trace(message);
             if filter.is_none_or(|f| f.matches(message)) {
                 kept.push(i);
+                traces.push(trace);
             } else {
                 self.status.count(|c| &c.filtered);
                 self.counters_of(&deployment.version).filtered.inc();
-                self.ended(fence, message, since, &Step::Done(Done::Filtered));
+                self.ended(fence, message, trace, since, &Step::Done(Done::Filtered));
             }
         }
         let owned: Vec<Message>;
@@ -1043,35 +1049,37 @@ impl Handler {
             return (Step::Done(Done::Handled), None);
         }
         if !deployment.function.batches() {
-            return (self.one_by_one(batch, since, fence).await, None);
+            return (self.one_by_one(batch, &traces, since, fence).await, None);
         }
         let calls: Vec<_> = batch
             .iter()
             .zip(&new_records)
-            .map(|(message, &new_record)| {
+            .zip(&traces)
+            .map(|((message, &new_record), &(_, trace))| {
                 let (key, event_id) = Self::record_key(message);
-                if new_record && event_id.is_none() {
+                let calls = if new_record && event_id.is_none() {
                     self.journal.calls_of_new_record(name.clone(), key)
                 } else {
                     self.journal.calls(name.clone(), key)
-                }
+                };
+                calls.traced(trace)
             })
             .collect();
         let counters = self.counters_of(&deployment.version);
         let started = Instant::now();
         let answer = deployment.function.run_batch(batch, &calls).await;
         counters.handling.observe(started.elapsed().as_secs_f64());
-        for (message, calls) in batch.iter().zip(&calls).take(answer.handled) {
+        for ((message, calls), &trace) in batch.iter().zip(&calls).zip(&traces).take(answer.handled) {
             counters.handled.inc();
             let stats = calls.stats().await;
             if stats.replayed > 0 {
                 self.status.count(|c| &c.replayed);
-                tracing::info!(function = %name, offset = message.offset, replayed = stats.replayed, "calls answered from the journal");
+                tracing::info!(function = %name, offset = message.offset, trace_id = %trace.1.trace_id(), replayed = stats.replayed, "calls answered from the journal");
             }
             calls.handled().await;
             self.status.count(|c| &c.handled);
             self.status.count(|c| &c.batched);
-            self.ended(fence, message, since, &Step::Done(Done::Handled));
+            self.ended(fence, message, trace, since, &Step::Done(Done::Handled));
         }
         if answer.handled == batch.len() && matches!(answer.outcome, Outcome::Handled) {
             return (Step::Done(Done::Handled), None);
@@ -1093,16 +1101,18 @@ impl Handler {
             let split = Split { declined: batch[answer.handled].clone(), rest: batch[alone..].to_vec() };
             return (Step::Done(Done::Handled), Some(split));
         }
-        (self.one_by_one(&batch[answer.handled..], since, fence).await, None)
+        (self.one_by_one(&batch[answer.handled..], &traces[answer.handled..], since, fence).await, None)
     }
 
     /// Runs `messages` of a batch one after the other as `process` runs a
-    /// record (not as new ones: the batch may have started them); answers
-    /// as `process_batch` does.
-    async fn one_by_one(&mut self, messages: &[Message], since: Option<SystemTime>, fence: &mut Fence) -> Step {
-        for message in messages {
-            let step = self.process(message, false, fence).await;
-            self.ended(fence, message, since, &step);
+    /// record (not as new ones: the batch may have started them), each in
+    /// its trace (`traces`, one per message); answers as `process_batch`
+    /// does.
+    async fn one_by_one(&mut self, messages: &[Message], traces: &[RecordTrace], since: Option<SystemTime>, fence: &mut Fence) -> Step {
+        for (message, &trace) in messages.iter().zip(traces) {
+            let span = tracing::info_span!("record", trace_id = %trace.1.trace_id(), offset = message.offset);
+            let step = trace::scope(trace.1, self.process(message, false, fence)).instrument(span).await;
+            self.ended(fence, message, trace, since, &step);
             if !matches!(step, Step::Done(_)) {
                 return step;
             }
@@ -1110,12 +1120,11 @@ impl Handler {
         Step::Done(Done::Handled)
     }
 
-    /// A record of a batch (run from `since`, when spans are exported) ended
-    /// in `step`: its span is exported, and it is finished in the window
-    /// when it may be committed.
-    fn ended(&self, fence: &Fence, message: &Message, since: Option<SystemTime>, step: &Step) {
+    /// A record of a batch (run from `since`, when spans are exported, in
+    /// `trace`) ended in `step`: its span is exported, and it is finished in
+    /// the window when it may be committed.
+    fn ended(&self, fence: &Fence, message: &Message, (parent, context): RecordTrace, since: Option<SystemTime>, step: &Step) {
         if let Some(since) = since {
-            let (parent, context) = record_trace(message);
             self.export_span(message, context, parent, since, step);
         }
         if let Step::Done(_) = step {
