@@ -299,7 +299,7 @@ async fn the_trigger_hands_ready_records_to_handle_batch_and_loses_or_repeats_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_retried_inside_a_batch_holds_back_only_its_own_key() {
     let servers = Servers::from_env();
-    let host = Host::start(&servers, &[]).await;
+    let host = Host::start(&servers, &[("RUNNEL_LOG_FORMAT", "json")]).await;
     let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
     let (name, topic, group) = (format!("split-{id}"), format!("split-{id}"), format!("split-{id}"));
     create_topic(&servers.kafka_brokers, &topic, 1).await;
@@ -362,6 +362,19 @@ async fn a_record_retried_inside_a_batch_holds_back_only_its_own_key() {
         assert!(started.elapsed() < Duration::from_secs(30), "offset 9 not committed in 30 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The slow record (no traceparent) kept the trace the batch gave it:
+    // its "not yet" lines, in the batch and retried alone, name one trace.
+    let not_yet = format!("not yet: {slow}");
+    let traces: Vec<String> = host
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["fields"]["message"].as_str().or(l["message"].as_str()) == Some(not_yet.as_str()))
+        .map(|l| [&l["trace_id"], &l["fields"]["trace_id"], &l["span"]["trace_id"]].iter().find_map(|t| t.as_str()).unwrap_or("none").to_string())
+        .collect();
+    assert!(traces.len() >= 2, "the slow record's lines: {traces:?}");
+    assert!(traces.iter().all(|t| t == &traces[0] && t != "none"), "the slow record changed trace: {traces:?}");
 }
 
 /// Each record of a batch keeps its own trace: the mail the function sends

@@ -629,14 +629,16 @@ impl Worker {
                     // partition's other keys go on meanwhile. A fresh
                     // instance is always a task: instantiating takes long
                     // enough for the partition's records to gain from
-                    // running on every core.
-                    let mut run: Pin<Box<dyn Future<Output = Ran> + Send>> = if picked.len() == 1 {
+                    // running on every core; so is a batch, whose task is
+                    // shared by its records.
+                    let alone = picked.len() == 1;
+                    let mut run: Pin<Box<dyn Future<Output = Ran> + Send>> = if alone {
                         let (message, new_record) = picked.pop().expect("one record");
-                        Box::pin(self.record(message, new_record, flags.clone()))
+                        Box::pin(self.record(message, new_record, None, flags.clone()))
                     } else {
                         Box::pin(self.records(picked, flags.clone()))
                     };
-                    if inline {
+                    if inline && alone {
                         match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
                             Poll::Ready(ran) => self.finished(ran, &mut busy_keys, &mut taking, &mut waiting, &mut running, &flags),
                             Poll::Pending => {
@@ -732,12 +734,12 @@ impl Worker {
         }
         // Once not taking, left to the partition's next owner like the
         // records waiting (nothing past them is committed).
-        if let Some(Split { declined, rest }) = split.filter(|_| *taking) {
+        if let Some(Split { declined, trace, rest }) = split.filter(|_| *taking) {
             if let Some(key) = &declined.key {
                 busy_keys.insert(key.clone());
             }
-            // Not new: the batch started it.
-            running.spawn(self.record(declined, false, flags.clone()));
+            // Not new: the batch started it, in the trace it goes on in.
+            running.spawn(self.record(declined, false, Some(trace), flags.clone()));
             for message in rest.into_iter().rev() {
                 waiting.push_front((message, false));
             }
@@ -751,11 +753,13 @@ impl Worker {
         (self.handler.clone(), Fence { flags, halt: self.halt.clone(), inside: false })
     }
 
-    /// One record's run: polled by the worker, then a task of its own if it waits.
+    /// One record's run: polled by the worker, then a task of its own if it
+    /// waits. In `trace`, when a batch began it in one.
     fn record(
         &mut self,
         message: Message,
         new_record: bool,
+        trace: Option<RecordTrace>,
         flags: Arc<WorkerFlags>,
     ) -> impl Future<Output = Ran> + Send + 'static {
         let (mut handler, mut fence) = self.run_parts(flags);
@@ -765,7 +769,7 @@ impl Worker {
             }
             // The record's trace (from its `traceparent`, or a new one) tags
             // the host's and the function's log lines and its effects.
-            let (parent, trace) = record_trace(&message);
+            let (parent, trace) = trace.unwrap_or_else(|| record_trace(&message));
             let span = tracing::info_span!("record", trace_id = %trace.trace_id(), partition = message.partition, offset = message.offset);
             let since = trace::otlp::enabled().then(SystemTime::now);
             let step = trace::scope(trace, handler.process(&message, new_record, &mut fence)).instrument(span).await;
@@ -832,6 +836,8 @@ struct Ran {
 struct Split {
     /// To run on alone, as any record is run (retried, dead-lettered...).
     declined: Message,
+    /// Its trace in the batch, which it keeps.
+    trace: RecordTrace,
     /// Not run: ready again, in offset order.
     rest: Vec<Message>,
 }
@@ -1098,7 +1104,7 @@ impl Handler {
             _ => batch.len(),
         };
         if alone < batch.len() {
-            let split = Split { declined: batch[answer.handled].clone(), rest: batch[alone..].to_vec() };
+            let split = Split { declined: batch[answer.handled].clone(), trace: traces[answer.handled], rest: batch[alone..].to_vec() };
             return (Step::Done(Done::Handled), Some(split));
         }
         (self.one_by_one(&batch[answer.handled..], &traces[answer.handled..], since, fence).await, None)
