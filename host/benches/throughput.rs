@@ -25,7 +25,9 @@
 //! default all) the rows measured, RUNNEL_BENCH_IN_FLIGHT (default 8) the
 //! no-op function's `max-in-flight`, RUNNEL_BENCH_BATCH (default 64) the
 //! `max-batch` of the no-op rows with batches, RUNNEL_BENCH_LOG (default `warn`) the
-//! hosts' RUNNEL_LOG.
+//! hosts' RUNNEL_LOG, RUNNEL_BENCH_ROUNDS (default 3) the rounds whose median
+//! is taken; RUNNEL_BENCH_PERF (a directory) records a `perf` profile of the
+//! host during each no-op row (see [`Profile`]).
 
 mod support;
 
@@ -163,10 +165,43 @@ async fn noop(hosts: &[&BenchHost], component: &[u8], topic: &str, reuse: bool, 
 /// The same, the function getting up to `batch` records a call.
 async fn noop_batched(hosts: &[&BenchHost], component: &[u8], topic: &str, reuse: bool, batch: u32, n: u64) -> Measured {
     let name = unique("noop");
+    let label = format!("{}-{}-batch{batch}", topic.rsplit_once('-').map_or(topic, |(t, _)| t), if reuse { "reused" } else { "fresh" });
+    let profile = Profile::start(hosts[0], &label);
     hosts[0].deploy(&name, &noop_manifest(&name, topic, reuse, batch), component).await;
     let measured = rate_until_handled(hosts, &name, Counters::default(), n).await;
+    drop(profile);
     hosts[0].undeploy(&name).await;
     measured
+}
+
+/// A `perf record` of the host while a no-op row runs, when
+/// RUNNEL_BENCH_PERF names a directory: `<dir>/<row>.data` (the last
+/// round's), for `perf report -i`. Stopped (and written) when dropped.
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(host: &BenchHost, label: &str) -> Profile {
+        let Ok(dir) = std::env::var("RUNNEL_BENCH_PERF") else { return Profile(None) };
+        std::fs::create_dir_all(&dir).expect("RUNNEL_BENCH_PERF: a directory");
+        let output = std::path::Path::new(&dir).join(format!("{label}.data"));
+        let child = std::process::Command::new("perf")
+            .args(["record", "--quiet", "-F", "999", "--call-graph", "dwarf", "-p", &host.pid().to_string(), "-o"])
+            .arg(output)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("RUNNEL_BENCH_PERF: perf on the PATH");
+        Profile(Some(child))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Partitions taken from a consumer in the middle of a run on one host,
@@ -387,7 +422,7 @@ fn per_s(rate: f64) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: u64 = std::env::var("RUNNEL_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    let rounds = 3;
+    let rounds: usize = std::env::var("RUNNEL_BENCH_ROUNDS").map_or(3, |v| v.parse().expect("RUNNEL_BENCH_ROUNDS: a number"));
     let probe = read("RUNNEL_BENCH_FIXTURES_DIR", "probe.wasm");
     let mut table = Table(Vec::new());
     let mut lost = Lost::default();

@@ -86,6 +86,11 @@ impl BenchHost {
         format!("{}{path}", self.base)
     }
 
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the host runs")
+    }
+
     /// The CPU time the host has used, user and system, all its threads.
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.child.id().expect("the host runs"))

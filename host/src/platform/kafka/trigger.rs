@@ -83,6 +83,7 @@ use crate::platform::{
     runtime::{HandlerError, Header, Message, Outcome},
     trace::{self, TraceContext},
 };
+use futures::FutureExt as _;
 use tracing::Instrument;
 
 /// How often librdkafka reports the consumer's statistics (its lag).
@@ -668,26 +669,37 @@ impl Worker {
                     self.finished(ran, &mut busy_keys, &mut taking, &mut waiting, &mut running, &flags);
                 }
                 record = queue.recv(), if taking && waiting.len() < queue_limit => {
-                    let message = match record {
-                        Ok(record) => to_wit(&record),
-                        Err(e) => {
-                            // librdkafka recovers from broker errors by itself.
-                            tracing::warn!(function = self.handler.status.name(), "consumer error: {e}");
-                            if !wait(&mut self.halt, Duration::from_millis(500)).await {
-                                taking = false;
+                    // With it, every record already fetched (up to the
+                    // limit): the runs started next see them all, so that
+                    // batches form however fast the function is, and a
+                    // record costs no turn of this loop of its own.
+                    let mut next = Some(record);
+                    while let Some(record) = next.take() {
+                        let message = match record {
+                            Ok(record) => to_wit(&record),
+                            Err(e) => {
+                                // librdkafka recovers from broker errors by itself.
+                                tracing::warn!(function = self.handler.status.name(), "consumer error: {e}");
+                                if !wait(&mut self.halt, Duration::from_millis(500)).await {
+                                    taking = false;
+                                }
+                                break;
                             }
-                            continue;
+                        };
+                        // Outside the call fence: a revocation need not wait for
+                        // the journal; a mark raised by a revoked worker only
+                        // makes the next owner read more journals.
+                        match self.ensure_mark(&message, &flags, &mut mark).await {
+                            Some(new_record) => {
+                                flags.window().take(message.offset);
+                                waiting.push_back((message, new_record));
+                            }
+                            None => taking = false,
                         }
-                    };
-                    // Outside the call fence: a revocation need not wait for
-                    // the journal; a mark raised by a revoked worker only
-                    // makes the next owner read more journals.
-                    match self.ensure_mark(&message, &flags, &mut mark).await {
-                        Some(new_record) => {
-                            flags.window().take(message.offset);
-                            waiting.push_back((message, new_record));
+                        // Once revoked (or halting), nothing more is read.
+                        if taking && waiting.len() < queue_limit && !flags.is_revoked() && !*self.halt.borrow() {
+                            next = queue.recv().now_or_never();
                         }
-                        None => taking = false,
                     }
                 }
             }
