@@ -25,7 +25,8 @@
 //! default all) the rows measured, RUNNEL_BENCH_IN_FLIGHT (default 8) the
 //! no-op function's `max-in-flight`, RUNNEL_BENCH_BATCH (default 64) the
 //! `max-batch` of the no-op rows with batches, RUNNEL_BENCH_LOG (default `warn`) the
-//! hosts' RUNNEL_LOG, RUNNEL_BENCH_ROUNDS (default 3) the rounds whose median
+//! hosts' RUNNEL_LOG, RUNNEL_BENCH_PARTITIONS (default `1,4`) the partition
+//! counts of the no-op rows, RUNNEL_BENCH_ROUNDS (default 3) the rounds whose median
 //! is taken; RUNNEL_BENCH_PERF (a directory) records a `perf` profile of the
 //! host during each no-op row (see [`Profile`]).
 
@@ -467,9 +468,13 @@ async fn main() {
 
     // No-op: bare consumer and function, interleaved.
     let mut rss_after = None;
-    for (topic, partitions) in [(&one, 1), (&four, 4)].into_iter().filter(|_| wanted("noop")) {
+    let partition_counts = std::env::var("RUNNEL_BENCH_PARTITIONS").unwrap_or_else(|_| "1,4".into());
+    let partition_counts: Vec<u32> =
+        partition_counts.split(',').map(|p| p.trim().parse().expect("RUNNEL_BENCH_PARTITIONS: 1, 4 or 1,4")).collect();
+    for (topic, partitions) in [(&one, 1), (&four, 4)].into_iter().filter(|(_, p)| wanted("noop") && partition_counts.contains(p)) {
         let (mut bare, mut fresh, mut reused) = (Vec::new(), Vec::new(), Vec::new());
         let (mut fresh_batched, mut reused_batched) = (Vec::new(), Vec::new());
+        let (mut fresh_batched_cpu, mut reused_batched_cpu) = (Vec::new(), Vec::new());
         let (mut bare_cpu, mut fresh_cpu, mut reused_cpu) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let (rate, cpu) = bare_consumer(topic, n).await;
@@ -486,13 +491,19 @@ async fn main() {
             let measured = lost.count(noop(&[&host], &probe, topic, true, n).await);
             reused.push(measured.rate);
             reused_cpu.push(measured.cpu_us);
-            fresh_batched.push(lost.rate(noop_batched(&[&host], &probe, topic, false, bench_batch(), n).await));
-            reused_batched.push(lost.rate(noop_batched(&[&host], &probe, topic, true, bench_batch(), n).await));
+            let measured = lost.count(noop_batched(&[&host], &probe, topic, false, bench_batch(), n).await);
+            fresh_batched.push(measured.rate);
+            fresh_batched_cpu.push(measured.cpu_us);
+            let measured = lost.count(noop_batched(&[&host], &probe, topic, true, bench_batch(), n).await);
+            reused_batched.push(measured.rate);
+            reused_batched_cpu.push(measured.cpu_us);
             eprintln!(
-                "no-op, {partitions} partition(s), round {round}: batches of up to {}: fresh {:.0}/s, reused {:.0}/s",
+                "no-op, {partitions} partition(s), round {round}: batches of up to {}: fresh {:.0}/s ({:.2} µs), reused {:.0}/s ({:.2} µs)",
                 bench_batch(),
                 fresh_batched[round],
-                reused_batched[round]
+                fresh_batched_cpu[round],
+                reused_batched[round],
+                reused_batched_cpu[round]
             );
             eprintln!(
                 "no-op, {partitions} partition(s), round {round}: bare {:.0}/s ({:.2} µs CPU per record), fresh {:.0}/s ({:.2} µs), reused {:.0}/s ({:.2} µs)",
@@ -513,6 +524,13 @@ async fn main() {
             format!("{fresh_cpu:.2} µs / {reused_cpu:.2} µs"),
             format!("bare rdkafka consumer's process: {bare_cpu:.2} µs"),
             format!("{:.2} / {:.2}", bare_cpu / fresh_cpu, bare_cpu / reused_cpu),
+        );
+        let (fresh_batched_cpu, reused_batched_cpu) = (median(&mut fresh_batched_cpu), median(&mut reused_batched_cpu));
+        table.row(
+            format!("CPU per no-op record, {partitions} partition(s), batches (max-batch {batch}), fresh / reused"),
+            format!("{fresh_batched_cpu:.2} µs / {reused_batched_cpu:.2} µs"),
+            format!("bare rdkafka consumer's process: {bare_cpu:.2} µs"),
+            format!("{:.2} / {:.2}", bare_cpu / fresh_batched_cpu, bare_cpu / reused_batched_cpu),
         );
     }
 

@@ -495,19 +495,22 @@ struct Entry {
 }
 
 /// The journal of one handling of one record, shared by the capabilities of
-/// its instance. Cheap to clone.
+/// its instance. Cheap to clone: one reference count (a record's calls are
+/// cloned into each capability of the instance that handles it).
 #[derive(Clone)]
-pub struct Calls {
-    inner: Arc<Mutex<CallsInner>>,
+pub struct Calls(Arc<CallsShared>);
+
+struct CallsShared {
+    inner: Mutex<CallsInner>,
+    journal: Option<Journal>,
     function: Arc<str>,
     record: Option<RecordKey>,
     /// The record's trace, when it is not the one the call runs in (a
     /// record of a batch, whose call runs in no one record's trace).
-    trace: Option<TraceContext>,
+    trace: OnceLock<TraceContext>,
 }
 
 struct CallsInner {
-    journal: Option<Journal>,
     /// Entries of earlier deliveries; read at the first journaled call.
     loaded: Option<Vec<Entry>>,
     next_seq: u32,
@@ -537,33 +540,34 @@ impl Calls {
     /// `known_new`: the record has no journal yet, so none is read.
     fn new(journal: Option<Journal>, function: Arc<str>, record: Option<RecordKey>, known_new: bool) -> Self {
         let journal = if record.is_some() { journal } else { None };
-        Calls {
-            inner: Arc::new(Mutex::new(CallsInner {
-                journal,
+        Calls(Arc::new(CallsShared {
+            inner: Mutex::new(CallsInner {
                 loaded: known_new.then(Vec::new),
                 next_seq: 0,
                 last_effect: None,
                 written: Vec::new(),
                 pending_reads: Vec::new(),
                 stats: CallStats::default(),
-            })),
+            }),
+            journal,
             function,
             record,
-            trace: None,
-        }
+            trace: OnceLock::new(),
+        }))
     }
 
     /// These calls, made for a record whose trace is `trace`: its effects
     /// carry it (a mail's `Traceparent`) and its function's log lines name
     /// it.
-    pub fn traced(mut self, trace: TraceContext) -> Self {
-        self.trace = Some(trace);
+    pub fn traced(self, trace: TraceContext) -> Self {
+        // Made just before, so never set yet.
+        let _ = self.0.trace.set(trace);
         self
     }
 
     /// The record's trace, when [`Calls::traced`] gave one.
     pub fn trace(&self) -> Option<TraceContext> {
-        self.trace
+        self.0.trace.get().copied()
     }
 
     /// Calls that are not journaled: for running a function by hand
@@ -574,16 +578,16 @@ impl Calls {
 
     /// The record's key, when journaled.
     pub fn record(&self) -> Option<&RecordKey> {
-        self.record.as_ref()
+        self.0.record.as_ref()
     }
 
     pub async fn stats(&self) -> CallStats {
-        self.inner.lock().await.stats
+        self.0.inner.lock().await.stats
     }
 
     /// Notes that a service did not answer, without a journaled call.
     pub async fn note_unavailable(&self) {
-        self.inner.lock().await.stats.unavailable = true;
+        self.0.inner.lock().await.stats.unavailable = true;
     }
 
     /// After a try that ended without the record handled (retry-later, a
@@ -593,8 +597,8 @@ impl Calls {
     /// keeps the record's entries for `keep` from now (the record may be
     /// tried again, or replayed, long after they were written).
     pub async fn unhandled(&self, keep: Duration) {
-        let mut inner = self.inner.lock().await;
-        let (Some(journal), Some(record)) = (inner.journal.clone(), self.record.as_ref()) else { return };
+        let mut inner = self.0.inner.lock().await;
+        let (Some(journal), Some(record)) = (self.0.journal.clone(), self.0.record.as_ref()) else { return };
         let loaded = inner.loaded.clone().unwrap_or_default();
         let has_entries = !inner.written.is_empty() || !loaded.is_empty();
         if !has_entries {
@@ -605,25 +609,27 @@ impl Calls {
         let last_effect = loaded.iter().filter(|e| e.effect).map(|e| e.seq).chain(inner.last_effect).max();
         let after = |seq: u32| last_effect.is_none_or(|last| seq > last);
         let forget: Vec<u32> = loaded.iter().filter(|e| !e.effect && after(e.seq)).map(|e| e.seq).collect();
-        if let Err(e) = journal.unhandled(&self.function, record.id(), &forget, keep).await {
-            tracing::warn!(function = %self.function, record = %record.id(), "journal of an unhandled try not updated: {e}");
+        if let Err(e) = journal.unhandled(&self.0.function, record.id(), &forget, keep).await {
+            tracing::warn!(function = %self.0.function, record = %record.id(), "journal of an unhandled try not updated: {e}");
         }
         inner.pending_reads.clear();
     }
 
     /// Marks the record as handled: its journal expires an hour from now
-    /// (soon after, in a batch).
-    pub async fn handled(&self) {
-        let inner = self.inner.lock().await;
-        let (Some(journal), Some(record)) = (&inner.journal, self.record.as_ref()) else { return };
+    /// (soon after, in a batch). Answers its [`Calls::stats`].
+    pub async fn handled(&self) -> CallStats {
+        let inner = self.0.inner.lock().await;
+        let stats = inner.stats;
+        let (Some(journal), Some(record)) = (&self.0.journal, self.0.record.as_ref()) else { return stats };
         if inner.written.is_empty() && inner.loaded.as_ref().is_none_or(Vec::is_empty) {
-            return;
+            return stats;
         }
         // Counted before it is sent, so that the marking task never counts it off first.
         journal.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if journal.handled.send(Journal::id(&self.function, record.id())).is_err() {
+        if journal.handled.send(Journal::id(&self.0.function, record.id())).is_err() {
             journal.backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
+        stats
     }
 
     /// Runs the call `call` with `args`, or answers it from the journal.
@@ -647,17 +653,17 @@ impl Calls {
         F: FnOnce(CallId) -> Fut,
         Fut: Future<Output = T>,
     {
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.0.inner.lock().await;
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        let call_id = CallId::new(&self.function, self.record.as_ref(), seq);
-        let (Some(journal), Some(record)) = (inner.journal.clone(), self.record.as_ref()) else {
+        let call_id = CallId::new(&self.0.function, self.0.record.as_ref(), seq);
+        let (Some(journal), Some(record)) = (self.0.journal.clone(), self.0.record.as_ref()) else {
             return Ok(live(call_id).await);
         };
         let args = sha256_hex(&[&serde_json::to_vec(args).unwrap_or_default()]);
 
         if inner.loaded.is_none() {
-            match journal.load(&self.function, record.id()).await {
+            match journal.load(&self.0.function, record.id()).await {
                 Ok(entries) => inner.loaded = Some(entries),
                 Err(e) => {
                     inner.stats.unavailable = true;
@@ -672,7 +678,7 @@ impl Calls {
                     Ok(result) => {
                         if entry.args != args {
                             tracing::info!(
-                                function = %self.function, record = %record.id(), seq, call,
+                                function = %self.0.function, record = %record.id(), seq, call,
                                 "answered from the journal although the arguments differ from the first delivery's"
                             );
                         }
@@ -683,13 +689,13 @@ impl Calls {
                         return Ok(result);
                     }
                     Err(e) => tracing::warn!(
-                        function = %self.function, record = %record.id(), seq, call,
+                        function = %self.0.function, record = %record.id(), seq, call,
                         "journal entry unreadable, doing the call again: {e}"
                     ),
                 }
             } else {
                 tracing::warn!(
-                    function = %self.function, record = %record.id(), seq, call, journaled = %entry.call,
+                    function = %self.0.function, record = %record.id(), seq, call, journaled = %entry.call,
                     "the function makes other calls than on an earlier delivery (another version?): doing this one"
                 );
             }
@@ -700,7 +706,7 @@ impl Calls {
             let entry = match bson::to_bson(&result) {
                 Ok(result) => Some(Entry { seq, effect, call: call.to_string(), args, result }),
                 Err(e) => {
-                    tracing::warn!(function = %self.function, call, "result not journaled: {e}");
+                    tracing::warn!(function = %self.0.function, call, "result not journaled: {e}");
                     None
                 }
             };
@@ -714,7 +720,7 @@ impl Calls {
                 let first = inner.written.is_empty() && inner.loaded.as_ref().is_some_and(Vec::is_empty);
                 let mut entries = std::mem::take(&mut inner.pending_reads);
                 entries.push(entry);
-                match journal.write(&self.function, record, &entries, first).await {
+                match journal.write(&self.0.function, record, &entries, first).await {
                     Ok(()) => {
                         inner.stats.journaled += entries.len() as u32;
                         inner.written.extend(entries.iter().map(|e| e.seq));
@@ -723,7 +729,7 @@ impl Calls {
                     // The effect happened: answer it. A redelivery of this
                     // record would do the call again (the documented window).
                     Err(e) => tracing::warn!(
-                        function = %self.function, record = %record.id(), seq, call,
+                        function = %self.0.function, record = %record.id(), seq, call,
                         "call done but not journaled (a redelivery would repeat it): {e}"
                     ),
                 }

@@ -100,6 +100,9 @@ impl Capability for Config {
         State { values: resolved.clone() }
     }
 
+    /// The values are the grant's, the same for every record.
+    fn renew(&self, _: &mut State, _: &Arc<str>, _: &Arc<Resolved>, _: &crate::platform::journal::Calls) {}
+
     fn link<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut State) -> anyhow::Result<()> {
         wit::add_to_linker::<T, HasSelf<State>>(linker, get)?;
         Ok(())

@@ -44,6 +44,12 @@ impl Capability for Logging {
         State { function: function.clone(), trace: calls.trace(), lines: Vec::new(), dropped: 0 }
     }
 
+    fn renew(&self, state: &mut State, _: &Arc<str>, _: &Arc<()>, calls: &crate::platform::journal::Calls) {
+        state.trace = calls.trace();
+        state.lines.clear();
+        state.dropped = 0;
+    }
+
     fn link<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut State) -> anyhow::Result<()> {
         wit::add_to_linker::<T, HasSelf<State>>(linker, get)?;
         Ok(())

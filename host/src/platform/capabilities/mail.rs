@@ -149,6 +149,10 @@ impl Capability for Mail {
         State { function: function.clone(), enabled: resolved.enabled, mail: self.clone(), calls: calls.clone() }
     }
 
+    fn renew(&self, state: &mut State, _: &Arc<str>, _: &Arc<Resolved>, calls: &Calls) {
+        state.calls.clone_from(calls);
+    }
+
     fn link<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut State) -> anyhow::Result<()> {
         wit::add_to_linker::<T, HasSelf<State>>(linker, get)?;
         Ok(())

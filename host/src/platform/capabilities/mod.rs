@@ -46,6 +46,16 @@ pub trait Capability: Send + Sync + 'static {
     /// differ between deliveries, runs them through it).
     fn instance(&self, function: &Arc<str>, resolved: &Arc<Self::Resolved>, calls: &Calls) -> Self::State;
 
+    /// Readies `state`, which [`Capability::instance`] made for the same
+    /// function and grant, for the next record its instance handles (a
+    /// reused instance's next record, or the next record of a batch), whose
+    /// journal is `calls`. By default a new state; a capability whose state
+    /// holds more than what is the record's keeps the rest, which costs
+    /// less on every record.
+    fn renew(&self, state: &mut Self::State, function: &Arc<str>, resolved: &Arc<Self::Resolved>, calls: &Calls) {
+        *state = self.instance(function, resolved, calls);
+    }
+
     /// Adds the capability's WIT interface to `linker`, reaching its state
     /// through `get`.
     fn link<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut Self::State) -> anyhow::Result<()>;
@@ -124,7 +134,7 @@ macro_rules! capabilities {
             /// capability's state is new (journaled in `calls`); the
             /// sandbox and the limits stay.
             pub fn renew(&mut self, services: &Services, function: &Arc<str>, grants: &Grants, calls: &Calls) {
-                $( self.$name = services.$name.instance(function, &grants.$name, calls); )*
+                $( services.$name.renew(&mut self.$name, function, &grants.$name, calls); )*
                 self.call_started = std::time::Instant::now();
             }
         }

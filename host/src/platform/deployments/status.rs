@@ -188,7 +188,14 @@ impl Status {
     }
 
     pub fn count(&self, counter: impl Fn(&Counters) -> &AtomicU64) {
-        counter(&self.counters).fetch_add(1, Ordering::Relaxed);
+        self.count_by(counter, 1);
+    }
+
+    /// Adds `n` to `counter` (none when 0).
+    pub fn count_by(&self, counter: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+        if n > 0 {
+            counter(&self.counters).fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// The lag of every partition the trigger consumes now.

@@ -585,8 +585,15 @@ impl Window {
 
     /// Marks `offset` finished.
     fn finish(&mut self, offset: i64) {
-        if let Ok(i) = self.taken.binary_search_by_key(&offset, |(o, _)| *o) {
-            self.taken[i].1 = true;
+        self.finish_all(std::iter::once(offset));
+    }
+
+    /// Marks every one of `offsets` finished.
+    fn finish_all(&mut self, offsets: impl IntoIterator<Item = i64>) {
+        for offset in offsets {
+            if let Ok(i) = self.taken.binary_search_by_key(&offset, |(o, _)| *o) {
+                self.taken[i].1 = true;
+            }
         }
         while let Some(&(o, true)) = self.taken.front() {
             self.finished = Some(o);
@@ -1087,18 +1094,28 @@ impl Handler {
         let started = Instant::now();
         let answer = deployment.function.run_batch(batch, &calls).await;
         counters.handling.observe(started.elapsed().as_secs_f64());
-        for ((message, calls), &trace) in batch.iter().zip(&calls).zip(&traces).take(answer.handled) {
-            counters.handled.inc();
-            let stats = calls.stats().await;
+        // The records handled, counted and finished together: one lock of
+        // the window, one add to each counter.
+        let handled = &batch[..answer.handled];
+        let mut replayed = 0;
+        for ((message, calls), &trace) in handled.iter().zip(&calls).zip(&traces) {
+            let stats = calls.handled().await;
             if stats.replayed > 0 {
-                self.status.count(|c| &c.replayed);
+                replayed += 1;
                 tracing::info!(function = %name, offset = message.offset, trace_id = %trace.1.trace_id(), replayed = stats.replayed, "calls answered from the journal");
             }
-            calls.handled().await;
-            self.status.count(|c| &c.handled);
-            self.status.count(|c| &c.batched);
-            self.ended(fence, message, trace, since, &Step::Done(Done::Handled));
         }
+        let count = handled.len() as u64;
+        counters.handled.inc_by(count);
+        self.status.count_by(|c| &c.replayed, replayed);
+        self.status.count_by(|c| &c.handled, count);
+        self.status.count_by(|c| &c.batched, count);
+        if let Some(since) = since {
+            for (message, &(parent, context)) in handled.iter().zip(&traces) {
+                self.export_span(message, context, parent, since, &Step::Done(Done::Handled));
+            }
+        }
+        fence.flags.window().finish_all(handled.iter().map(|m| m.offset));
         if answer.handled == batch.len() && matches!(answer.outcome, Outcome::Handled) {
             return (Step::Done(Done::Handled), None);
         }
@@ -1251,10 +1268,15 @@ impl Handler {
             } else {
                 counters.failed(outcome.kind());
             }
-            let stats = calls.stats().await;
-            if !matches!(outcome, Outcome::Handled) {
+            // Marked handled now when it was (nothing below waits for a
+            // service then): one look at the journal's calls.
+            let stats = if matches!(outcome, Outcome::Handled) {
+                calls.handled().await
+            } else {
+                let stats = calls.stats().await;
                 calls.unhandled(KEPT_DEAD_LETTERED).await;
-            }
+                stats
+            };
             if stats.replayed > 0 {
                 self.status.count(|c| &c.replayed);
                 tracing::info!(function = %name, offset, replayed = stats.replayed, "calls answered from the journal");
@@ -1283,7 +1305,6 @@ impl Handler {
             }
             let backoff = match outcome {
                 Outcome::Handled => {
-                    calls.handled().await;
                     self.status.count(|c| &c.handled);
                     return Step::Done(Done::Handled);
                 }
