@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 /// Records are allocated on the thread that reads them from their partition
-/// and freed on the one that ran them: mimalloc frees across threads without
-/// the locks and consolidation that glibc's malloc spent a third of a
-/// reused no-op record's CPU time on.
+/// and freed on the one that ran them: jemalloc's per-thread caches free
+/// across threads without the locks and consolidation that glibc's malloc
+/// spent a third of a reused no-op record's CPU time on.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -16,7 +16,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// system within a second, so the resident memory stays that of what is in
 /// use.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+static MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> ExitCode {
     let filter = || EnvFilter::try_from_env("RUNNEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));

@@ -98,7 +98,7 @@ fn link_batch(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
             let Some(batch) = state.batch.take() else {
                 wasmtime::bail!("batch.begin({index}) called outside handle-batch")
             };
-            let Some(calls) = batch.calls.get(index as usize).cloned() else {
+            let Some(calls) = batch.calls.get(index as usize) else {
                 let len = batch.calls.len();
                 state.batch = Some(batch);
                 wasmtime::bail!("batch.begin({index}) in a batch of {len} messages")
@@ -107,9 +107,8 @@ fn link_batch(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
             for (stream, lines, dropped) in state.sandbox.take_output() {
                 state.logging.record_output(stream, lines, dropped);
             }
-            let (started, lines, dropped) = (state.call_started, std::mem::take(&mut state.logging.lines), state.logging.dropped);
-            state.renew(batch.runtime.services(), &batch.function, &batch.grants, &calls);
-            state.call_started = started;
+            let (lines, dropped) = (std::mem::take(&mut state.logging.lines), state.logging.dropped);
+            state.renew_capabilities(batch.runtime.services(), &batch.function, &batch.grants, calls);
             state.logging.lines = lines;
             state.logging.dropped = dropped;
             state.batch = Some(batch);

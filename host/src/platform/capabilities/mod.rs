@@ -134,8 +134,14 @@ macro_rules! capabilities {
             /// capability's state is new (journaled in `calls`); the
             /// sandbox and the limits stay.
             pub fn renew(&mut self, services: &Services, function: &Arc<str>, grants: &Grants, calls: &Calls) {
-                $( services.$name.renew(&mut self.$name, function, &grants.$name, calls); )*
+                self.renew_capabilities(services, function, grants, calls);
                 self.call_started = std::time::Instant::now();
+            }
+
+            /// Readies the capabilities for the next record of the call
+            /// going on (a batch's): the call's deadline stays.
+            pub fn renew_capabilities(&mut self, services: &Services, function: &Arc<str>, grants: &Grants, calls: &Calls) {
+                $( services.$name.renew(&mut self.$name, function, &grants.$name, calls); )*
             }
         }
 

@@ -610,7 +610,7 @@ impl Worker {
         // Taken and not started (a record of its key runs, or every slot is
         // taken), in offset order, with whether each is new.
         let mut waiting: VecDeque<(Message, bool)> = VecDeque::new();
-        let mut busy_keys: HashSet<Vec<u8>> = HashSet::new();
+        let mut busy_keys = BusyKeys::default();
         let mut running = JoinSet::new();
         let mut taking = true;
         loop {
@@ -725,7 +725,7 @@ impl Worker {
     fn finished(
         &mut self,
         ran: Ran,
-        busy_keys: &mut HashSet<Vec<u8>>,
+        busy_keys: &mut BusyKeys,
         taking: &mut bool,
         waiting: &mut VecDeque<(Message, bool)>,
         running: &mut JoinSet<Ran>,
@@ -815,8 +815,8 @@ impl Worker {
     ) -> impl Future<Output = Ran> + Send + 'static {
         let (mut handler, mut fence) = self.run_parts(flags);
         async move {
-            let keys = Keys::Many(records.iter().filter_map(|(m, _)| m.key.clone()).collect());
             if !fence.enter() {
+                let keys = Keys::Many(records.into_iter().filter_map(|(m, _)| m.key).collect());
                 return Ran { keys, step: Step::Revoked, split: None };
             }
             let (messages, new_records): (Vec<Message>, Vec<bool>) = records.into_iter().unzip();
@@ -827,6 +827,9 @@ impl Worker {
             let span = tracing::info_span!("records", partition = first.partition, offset = first.offset, last, count = messages.len());
             let (step, split) = handler.process_batch(&messages, &new_records, &mut fence).instrument(span).await;
             drop(fence);
+            // The records' keys, moved out of them (those of a split are
+            // copies of theirs): the worker frees them.
+            let keys = Keys::Many(messages.into_iter().filter_map(|m| m.key).collect());
             Ran { keys, step, split }
         }
     }
@@ -867,10 +870,15 @@ enum Keys {
     Many(Vec<Vec<u8>>),
 }
 
+/// The keys of a partition's records running. Hashed with foldhash (seeded
+/// per process): the keys are the producers' data, looked up for every
+/// record.
+type BusyKeys = HashSet<Vec<u8>, foldhash::fast::RandomState>;
+
 /// Takes the records to run next off `waiting`: the first whose key is not
 /// running, or with `batch` > 1, up to `batch` of them in offset order
 /// (several of one key among them, which the batch runs in their order).
-fn pick(waiting: &mut VecDeque<(Message, bool)>, busy_keys: &HashSet<Vec<u8>>, batch: usize) -> Vec<(Message, bool)> {
+fn pick(waiting: &mut VecDeque<(Message, bool)>, busy_keys: &BusyKeys, batch: usize) -> Vec<(Message, bool)> {
     let free = |m: &Message| m.key.as_ref().is_none_or(|k| !busy_keys.contains(k));
     if batch <= 1 {
         let ready = waiting.iter().position(|(m, _)| free(m));
