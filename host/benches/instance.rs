@@ -1,15 +1,21 @@
-//! In-process micro-benchmarks (criterion), run by `scripts/bench instance`:
-//! one record through the Rust probe's no-op `ok`, by Runnel's runtime with
-//! a fresh instance and with a reused one, next to plain wasmtime (its
-//! default on-demand allocator, WASI p2, a fresh store and instance per
-//! call) in the same run; and 64 records through `handle` one by one next
-//! to one `handle-batch` of 64, fresh and reused.
+//! In-process micro-benchmarks, run by `scripts/bench instance`. First a
+//! table of single calls, each timed alone (p50, p99): a fresh instance + a
+//! no-op call of the no-op function (std Rust with `runnel-guest`, which
+//! imports only what std needs) and of the Rust probe's `ok` (which links
+//! every capability and the WASI it probes the sandbox with), by Runnel's
+//! runtime and by plain wasmtime (its default on-demand allocator, WASI p2,
+//! a new store per call), interleaved. Then criterion: one record, fresh
+//! and reused, next to plain wasmtime in the same run; and 64 records
+//! through `handle` one by one next to one `handle-batch` of 64.
 //!
 //! Reads RUNNEL_BENCH_FIXTURES_DIR. Nothing is granted, so no server is used.
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+const CALL_ROUNDS: usize = 5;
+const CALLS_PER_ROUND: usize = 4_000;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use runnel::platform::{
@@ -39,7 +45,8 @@ fn bench(c: &mut Criterion) {
     let component = support::read("RUNNEL_BENCH_FIXTURES_DIR", "probe.wasm");
     let ok = Message::with_payload("bench", "ok");
 
-    let (fresh, reused) = rt.block_on(async {
+    let noop = support::read("RUNNEL_BENCH_FIXTURES_DIR", "noop.wasm");
+    let (fresh, reused, noop_fresh, noop_reused) = rt.block_on(async {
         // A driver handle that never connects: no capability is granted.
         let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=100").await.unwrap();
         let mail = Mail::new("smtp://127.0.0.1:9", "bench@example.com").unwrap();
@@ -48,29 +55,97 @@ fn bench(c: &mut Criterion) {
         let grants = runtime.services().resolve("probe", &ManifestGrants::default(), &|_| None).unwrap();
         let fresh = runtime.load("probe", &component, grants).await.unwrap();
         let reused = fresh.clone().reusing(u32::MAX, Duration::from_secs(3600));
-        (fresh, reused)
+        let grants = runtime.services().resolve("noop", &ManifestGrants::default(), &|_| None).unwrap();
+        let noop_fresh = runtime.load("noop", &noop, grants).await.unwrap();
+        let noop_reused = noop_fresh.clone().reusing(u32::MAX, Duration::from_secs(3600));
+        (fresh, reused, noop_fresh, noop_reused)
     });
 
     let engine = Engine::new(&Config::new()).unwrap();
-    let plain = Component::new(&engine, &component).unwrap();
-    let mut linker = Linker::<Plain>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    linker.define_unknown_imports_as_traps(&plain).unwrap();
-    let pre = StreamFunctionPre::new(linker.instantiate_pre(&plain).unwrap()).unwrap();
+    // What a fresh instance wires: the functions and resources it imports.
+    let mut imports = std::collections::HashMap::new();
+    for (name, bytes) in [("probe", &component), ("noop", &noop)] {
+        let count: usize = Component::new(&engine, bytes)
+            .unwrap()
+            .component_type()
+            .imports(&engine)
+            .map(|(_, item)| match item.ty {
+                wasmtime::component::types::ComponentItem::ComponentInstance(i) => i.exports(&engine).count(),
+                _ => 1,
+            })
+            .sum();
+        imports.insert(name, count);
+    }
+    let plain_pre = |bytes: &[u8]| {
+        let plain = Component::new(&engine, bytes).unwrap();
+        let mut linker = Linker::<Plain>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        linker.define_unknown_imports_as_traps(&plain).unwrap();
+        StreamFunctionPre::new(linker.instantiate_pre(&plain).unwrap()).unwrap()
+    };
+    let (pre, noop_pre) = (plain_pre(&component), plain_pre(&noop));
+    let plain_call = async |pre: &StreamFunctionPre<Plain>| {
+        let mut store = Store::new(&engine, Plain { ctx: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
+        let instance = pre.instantiate_async(&mut store).await.unwrap();
+        instance.call_handle(&mut store, &ok).await.unwrap().unwrap();
+    };
+
+    // Each call timed alone: p50 and p99 of a fresh instance + call, for the
+    // no-op function, the probe and plain wasmtime, interleaved in rounds.
+    let (mut noop_calls, mut probe_calls) = (Vec::new(), Vec::new());
+    let (mut plain_noop_calls, mut plain_calls) = (Vec::new(), Vec::new());
+    rt.block_on(async {
+        for _ in 0..CALL_ROUNDS {
+            for _ in 0..CALLS_PER_ROUND {
+                let started = Instant::now();
+                assert!(matches!(noop_fresh.handle(&ok).await, Outcome::Handled));
+                noop_calls.push(started.elapsed());
+            }
+            for _ in 0..CALLS_PER_ROUND {
+                let started = Instant::now();
+                assert!(matches!(fresh.handle(&ok).await, Outcome::Handled));
+                probe_calls.push(started.elapsed());
+            }
+            for _ in 0..CALLS_PER_ROUND {
+                let started = Instant::now();
+                plain_call(&noop_pre).await;
+                plain_noop_calls.push(started.elapsed());
+            }
+            for _ in 0..CALLS_PER_ROUND {
+                let started = Instant::now();
+                plain_call(&pre).await;
+                plain_calls.push(started.elapsed());
+            }
+        }
+    });
+    println!("\n| a fresh instance + one no-op call, each call timed ({} calls, {CALL_ROUNDS} interleaved rounds) | p50 | p99 |", CALL_ROUNDS * CALLS_PER_ROUND);
+    println!("|---|---|---|");
+    for (what, mut times) in [
+        (format!("Runnel, the no-op function (std Rust, runnel-guest; {} imports)", imports["noop"]), noop_calls),
+        (format!("Runnel, the probe (std Rust, every capability; {} imports)", imports["probe"]), probe_calls),
+        ("plain wasmtime (on-demand allocator, WASI p2, a new store), the no-op function".to_string(), plain_noop_calls),
+        ("plain wasmtime, the probe".to_string(), plain_calls),
+    ] {
+        times.sort();
+        println!("| {what} | {} | {} |", support::micros(support::percentile(&times, 0.5)), support::micros(support::percentile(&times, 0.99)));
+    }
+    println!();
 
     let mut group = c.benchmark_group("one no-op record");
     group.bench_function("plain wasmtime, on-demand, fresh instance", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut store = Store::new(&engine, Plain { ctx: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
-            let instance = pre.instantiate_async(&mut store).await.unwrap();
-            instance.call_handle(&mut store, &ok).await.unwrap().unwrap();
-        })
+        b.to_async(&rt).iter(|| plain_call(&pre))
     });
     group.bench_function("runnel, fresh instance", |b| {
         b.to_async(&rt).iter(|| async { assert!(matches!(fresh.handle(&ok).await, Outcome::Handled)) })
     });
     group.bench_function("runnel, reused instance", |b| {
         b.to_async(&rt).iter(|| async { assert!(matches!(reused.handle(&ok).await, Outcome::Handled)) })
+    });
+    group.bench_function("runnel, no-op function, fresh instance", |b| {
+        b.to_async(&rt).iter(|| async { assert!(matches!(noop_fresh.handle(&ok).await, Outcome::Handled)) })
+    });
+    group.bench_function("runnel, no-op function, reused instance", |b| {
+        b.to_async(&rt).iter(|| async { assert!(matches!(noop_reused.handle(&ok).await, Outcome::Handled)) })
     });
     group.finish();
 
@@ -101,7 +176,7 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
     // The functions hold the mail pool, which must be dropped within the runtime.
-    rt.block_on(async move { drop((fresh, reused)) });
+    rt.block_on(async move { drop((fresh, reused, noop_fresh, noop_reused)) });
 }
 
 criterion_group! {

@@ -2,14 +2,14 @@
 //! every Runnel figure next to its baseline from the same run, the two
 //! interleaved and the median of three taken.
 //!
-//! - a no-op function (the probe answering `ok`) against a bare rdkafka
+//! - a no-op function (std Rust, `runnel-guest`) against a bare rdkafka
 //!   consumer reading the same topic with the same settings (offsets stored
 //!   after each record, committed in the background), on 1 and 4
 //!   partitions, with a fresh instance per record and with reuse; also the
 //!   CPU time per record of the host process (all threads, from the
 //!   assignment to the last record, `/proc/<pid>/stat`) against that of the
 //!   bare consumer's process, which a loaded machine sways less than rates;
-//! - the Python and JavaScript no-op;
+//! - the Python and JavaScript probes' no-op `ok`, against the Rust probe's;
 //! - person-to-comicbook against a native consumer doing the same updates
 //!   with the same concurrency, and against a native consumer doing what
 //!   the function did before (eight `update_many`, one after the other, one
@@ -424,6 +424,10 @@ fn per_s(rate: f64) -> String {
 async fn main() {
     let n: u64 = std::env::var("RUNNEL_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let rounds: usize = std::env::var("RUNNEL_BENCH_ROUNDS").map_or(3, |v| v.parse().expect("RUNNEL_BENCH_ROUNDS: a number"));
+    // The no-op rows' function: std Rust with runnel-guest, handling every
+    // record. The language rows compare each language's probe with the Rust
+    // probe (the same commands; it links every capability).
+    let noop_fn = read("RUNNEL_BENCH_FIXTURES_DIR", "noop.wasm");
     let probe = read("RUNNEL_BENCH_FIXTURES_DIR", "probe.wasm");
     let mut table = Table(Vec::new());
     let mut lost = Lost::default();
@@ -480,7 +484,7 @@ async fn main() {
             let (rate, cpu) = bare_consumer(topic, n).await;
             bare.push(rate);
             bare_cpu.push(cpu);
-            let measured = lost.count(noop(&[&host], &probe, topic, false, n).await);
+            let measured = lost.count(noop(&[&host], &noop_fn, topic, false, n).await);
             fresh.push(measured.rate);
             fresh_cpu.push(measured.cpu_us);
             if round == 0 && partitions == 1 {
@@ -488,13 +492,13 @@ async fn main() {
                 let parts: Vec<String> = host.rss_breakdown().iter().map(|(k, mib)| format!("{k} {mib:.1}")).collect();
                 eprintln!("RSS after {n} no-op records, MiB: {}", parts.join(", "));
             }
-            let measured = lost.count(noop(&[&host], &probe, topic, true, n).await);
+            let measured = lost.count(noop(&[&host], &noop_fn, topic, true, n).await);
             reused.push(measured.rate);
             reused_cpu.push(measured.cpu_us);
-            let measured = lost.count(noop_batched(&[&host], &probe, topic, false, bench_batch(), n).await);
+            let measured = lost.count(noop_batched(&[&host], &noop_fn, topic, false, bench_batch(), n).await);
             fresh_batched.push(measured.rate);
             fresh_batched_cpu.push(measured.cpu_us);
-            let measured = lost.count(noop_batched(&[&host], &probe, topic, true, bench_batch(), n).await);
+            let measured = lost.count(noop_batched(&[&host], &noop_fn, topic, true, bench_batch(), n).await);
             reused_batched.push(measured.rate);
             reused_batched_cpu.push(measured.cpu_us);
             eprintln!(
@@ -542,9 +546,9 @@ async fn main() {
         let fresh = lost.rate(noop(&[&host], &component, &one, false, few).await);
         let reused = lost.rate(noop(&[&host], &component, &one, true, few).await);
         let fresh_batched = lost.rate(noop_batched(&[&host], &component, &one, false, bench_batch(), few).await);
-        eprintln!("{language} no-op: fresh {fresh:.0}/s, reused {reused:.0}/s, fresh per batch {fresh_batched:.0}/s (Rust fresh {rust_few:.0}/s)");
-        table.row(format!("{language} no-op, 1 partition, fresh / reused"), format!("{} / {}", per_s(fresh), per_s(reused)), format!("Rust no-op, fresh: {}", per_s(rust_few)), format!("{:.2} / {:.2}", fresh / rust_few, reused / rust_few));
-        table.row(format!("{language} no-op, 1 partition, fresh instance per batch (max-batch {})", bench_batch()), per_s(fresh_batched), format!("Rust no-op, fresh: {}", per_s(rust_few)), format!("{:.2}", fresh_batched / rust_few));
+        eprintln!("{language} no-op: fresh {fresh:.0}/s, reused {reused:.0}/s, fresh per batch {fresh_batched:.0}/s (Rust probe fresh {rust_few:.0}/s)");
+        table.row(format!("{language} no-op, 1 partition, fresh / reused"), format!("{} / {}", per_s(fresh), per_s(reused)), format!("the Rust probe, fresh: {}", per_s(rust_few)), format!("{:.2} / {:.2}", fresh / rust_few, reused / rust_few));
+        table.row(format!("{language} no-op, 1 partition, fresh instance per batch (max-batch {})", bench_batch()), per_s(fresh_batched), format!("the Rust probe, fresh: {}", per_s(rust_few)), format!("{:.2}", fresh_batched / rust_few));
     }
 
     // Two hosts in one group on the 4-partition topic, against one host
@@ -552,9 +556,9 @@ async fn main() {
     if wanted("hosts") {
         let (mut one_host, mut two_hosts, mut rebalances) = (Vec::new(), Vec::new(), 0);
         for _ in 0..rounds {
-            one_host.push(lost.rate(noop(&[&host], &probe, &four, false, n).await));
+            one_host.push(lost.rate(noop(&[&host], &noop_fn, &four, false, n).await));
             let (second, _) = BenchHost::start(&database, &host_vars).await;
-            let two = noop(&[&host, &second], &probe, &four, false, n).await;
+            let two = noop(&[&host, &second], &noop_fn, &four, false, n).await;
             two_hosts.push(two.rate);
             rebalances += two.revocations;
             drop(second);
