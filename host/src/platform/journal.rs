@@ -79,8 +79,12 @@ pub const KEPT_DEAD_LETTERED: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// The journal of every function on this host, and a task that marks the
 /// documents of handled records to expire sooner, in batches.
+///
+/// Cheap to clone: one reference count (each record's [`Calls`] holds one).
 #[derive(Clone)]
-pub struct Journal {
+pub struct Journal(Arc<JournalInner>);
+
+struct JournalInner {
     entries: Collection<Document>,
     handled: mpsc::UnboundedSender<String>,
     /// Handled records whose documents wait to be marked.
@@ -109,25 +113,33 @@ impl Journal {
         let (handled, rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(std::sync::atomic::AtomicI64::new(0));
         tokio::spawn(expire_handled(entries.clone(), rx, backlog.clone()));
-        Ok(Journal { entries, handled, backlog, timeout })
+        Ok(Journal(Arc::new(JournalInner { entries, handled, backlog, timeout })))
     }
 
     /// Handled records whose journal documents wait to be marked to expire
     /// sooner (they are written in batches; a slow database makes it grow).
     pub fn backlog(&self) -> i64 {
-        self.backlog.load(std::sync::atomic::Ordering::Relaxed)
+        self.0.backlog.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The journal of handling `record` (its key, see [`RecordKey`]) by
     /// `function`.
     pub fn calls(&self, function: Arc<str>, record: RecordKey) -> Calls {
-        Calls::new(Some(self.clone()), function, Some(record), false)
+        Calls::new(Some(self.clone()), function, Some(record), false, None)
     }
 
     /// The journal of handling `record`, known to have no entries (see
     /// [`Journal::mark`]): its first call does not read the journal.
     pub fn calls_of_new_record(&self, function: Arc<str>, record: RecordKey) -> Calls {
-        Calls::new(Some(self.clone()), function, Some(record), true)
+        Calls::new(Some(self.clone()), function, Some(record), true, None)
+    }
+
+    /// The journal of handling `record` (known to have no entries when
+    /// `known_new`) in a call that runs in no one record's trace (a record
+    /// of a batch): its effects carry `trace` (a mail's `Traceparent`) and
+    /// its function's log lines name it.
+    pub fn traced_calls(&self, function: Arc<str>, record: RecordKey, known_new: bool, trace: TraceContext) -> Calls {
+        Calls::new(Some(self.clone()), function, Some(record), known_new, Some(trace))
     }
 
     fn mark_id(function: &str, topic: &str, partition: i32) -> String {
@@ -141,8 +153,8 @@ impl Journal {
     /// Whether the dead letter at `partition`/`offset` of `function`'s
     /// dead-letter topic was replayed and handled before.
     pub async fn replayed_before(&self, function: &str, partition: i32, offset: i64) -> Result<bool, JournalUnavailable> {
-        let find = self.entries.find_one(doc! { "_id": Self::replayed_id(function, partition, offset) });
-        Ok(bounded(self.timeout, find.into_future()).await?.is_some())
+        let find = self.0.entries.find_one(doc! { "_id": Self::replayed_id(function, partition, offset) });
+        Ok(bounded(self.0.timeout, find.into_future()).await?.is_some())
     }
 
     /// Remembers that the dead letter at `partition`/`offset` was replayed
@@ -150,13 +162,14 @@ impl Journal {
     pub async fn mark_replayed(&self, function: &str, partition: i32, offset: i64) -> Result<(), JournalUnavailable> {
         let expire_at = DateTime::from_system_time(std::time::SystemTime::now() + KEPT_DEAD_LETTERED);
         let mark = self
+            .0
             .entries
             .update_one(
                 doc! { "_id": Self::replayed_id(function, partition, offset) },
                 doc! { "$set": { "function": function, "replayedAt": DateTime::now(), "expireAt": expire_at } },
             )
             .upsert(true);
-        bounded(self.timeout, mark.into_future()).await.map(drop)
+        bounded(self.0.timeout, mark.into_future()).await.map(drop)
     }
 
     /// The offset of `topic`/`partition` from which `function` never
@@ -165,18 +178,19 @@ impl Journal {
     /// before a record past it is started, in steps, so that it costs one
     /// write per step of records (see [`MARK_STEP`]).
     pub async fn mark(&self, function: &str, topic: &str, partition: i32) -> Result<i64, JournalUnavailable> {
-        let find = self.entries.find_one(doc! { "_id": Self::mark_id(function, topic, partition) });
-        let found = bounded(self.timeout, find.into_future()).await?;
+        let find = self.0.entries.find_one(doc! { "_id": Self::mark_id(function, topic, partition) });
+        let found = bounded(self.0.timeout, find.into_future()).await?;
         Ok(found.and_then(|d| d.get_i64("below").ok()).unwrap_or(0))
     }
 
     /// Raises the mark of `topic`/`partition` to at least `below`.
     pub async fn raise_mark(&self, function: &str, topic: &str, partition: i32, below: i64) -> Result<(), JournalUnavailable> {
         let raise = self
+            .0
             .entries
             .update_one(doc! { "_id": Self::mark_id(function, topic, partition) }, doc! { "$max": { "below": below } })
             .upsert(true);
-        bounded(self.timeout, raise.into_future()).await.map(drop)
+        bounded(self.0.timeout, raise.into_future()).await.map(drop)
     }
 
     /// The mark of `topic`/`partition` as the worker that owns the
@@ -202,8 +216,8 @@ impl Journal {
     }
 
     async fn load(&self, function: &str, record: &str) -> Result<Vec<Entry>, JournalUnavailable> {
-        let find = self.entries.find_one(doc! { "_id": Self::id(function, record) }).projection(doc! { "calls": 1 });
-        let Some(found) = bounded(self.timeout, find.into_future()).await? else { return Ok(Vec::new()) };
+        let find = self.0.entries.find_one(doc! { "_id": Self::id(function, record) }).projection(doc! { "calls": 1 });
+        let Some(found) = bounded(self.0.timeout, find.into_future()).await? else { return Ok(Vec::new()) };
         let Ok(calls) = found.get_document("calls") else { return Ok(Vec::new()) };
         let mut entries: Vec<Entry> = calls
             .iter()
@@ -253,7 +267,7 @@ impl Journal {
                 "calls": calls.iter().cloned().map(|(seq, call)| (seq, Bson::Document(call))).collect::<Document>(),
                 "expireAt": expire_at,
             };
-            match bounded(self.timeout, self.entries.insert_one(document).into_future()).await {
+            match bounded(self.0.timeout, self.0.entries.insert_one(document).into_future()).await {
                 Ok(_) => return Ok(()),
                 // Someone wrote it meanwhile: update it below.
                 Err(JournalUnavailable(e)) if e.contains("E11000") => {}
@@ -272,8 +286,8 @@ impl Journal {
                 "offset": record.offset,
             },
         };
-        let write = self.entries.update_one(doc! { "_id": id }, update).upsert(true);
-        bounded(self.timeout, write.into_future()).await.map(drop)
+        let write = self.0.entries.update_one(doc! { "_id": id }, update).upsert(true);
+        bounded(self.0.timeout, write.into_future()).await.map(drop)
     }
 
     /// After a try that did not handle the record: removes the entries
@@ -285,8 +299,8 @@ impl Journal {
             let unset: Document = forget.iter().map(|seq| (format!("calls.{seq}"), Bson::String(String::new()))).collect();
             update.insert("$unset", unset);
         }
-        let write = self.entries.update_one(doc! { "_id": Self::id(function, record) }, update);
-        bounded(self.timeout, write.into_future()).await.map(drop)
+        let write = self.0.entries.update_one(doc! { "_id": Self::id(function, record) }, update);
+        bounded(self.0.timeout, write.into_future()).await.map(drop)
     }
 
 }
@@ -507,7 +521,7 @@ struct CallsShared {
     record: Option<RecordKey>,
     /// The record's trace, when it is not the one the call runs in (a
     /// record of a batch, whose call runs in no one record's trace).
-    trace: OnceLock<TraceContext>,
+    trace: Option<TraceContext>,
 }
 
 struct CallsInner {
@@ -538,7 +552,7 @@ pub struct CallStats {
 
 impl Calls {
     /// `known_new`: the record has no journal yet, so none is read.
-    fn new(journal: Option<Journal>, function: Arc<str>, record: Option<RecordKey>, known_new: bool) -> Self {
+    fn new(journal: Option<Journal>, function: Arc<str>, record: Option<RecordKey>, known_new: bool, trace: Option<TraceContext>) -> Self {
         let journal = if record.is_some() { journal } else { None };
         Calls(Arc::new(CallsShared {
             inner: Mutex::new(CallsInner {
@@ -552,28 +566,19 @@ impl Calls {
             journal,
             function,
             record,
-            trace: OnceLock::new(),
+            trace,
         }))
     }
 
-    /// These calls, made for a record whose trace is `trace`: its effects
-    /// carry it (a mail's `Traceparent`) and its function's log lines name
-    /// it.
-    pub fn traced(self, trace: TraceContext) -> Self {
-        // Made just before, so never set yet.
-        let _ = self.0.trace.set(trace);
-        self
-    }
-
-    /// The record's trace, when [`Calls::traced`] gave one.
+    /// The record's trace, when [`Journal::traced_calls`] gave one.
     pub fn trace(&self) -> Option<TraceContext> {
-        self.0.trace.get().copied()
+        self.0.trace
     }
 
     /// Calls that are not journaled: for running a function by hand
     /// (`runnel invoke`, tests), where no record is delivered twice.
     pub fn unjournaled(function: Arc<str>) -> Self {
-        Calls::new(None, function, None, false)
+        Calls::new(None, function, None, false, None)
     }
 
     /// The record's key, when journaled.
@@ -625,9 +630,9 @@ impl Calls {
             return stats;
         }
         // Counted before it is sent, so that the marking task never counts it off first.
-        journal.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if journal.handled.send(Journal::id(&self.0.function, record.id())).is_err() {
-            journal.backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        journal.0.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if journal.0.handled.send(Journal::id(&self.0.function, record.id())).is_err() {
+            journal.0.backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         stats
     }

@@ -23,7 +23,10 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -137,7 +140,15 @@ fn allowed(import: &str) -> bool {
 /// printing too much goes on running (and is cut off by its time limit).
 #[derive(Clone, Default)]
 struct Capture {
-    buffer: Arc<Mutex<Captured>>,
+    buffer: Arc<Buffer>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    captured: Mutex<Captured>,
+    /// Whether anything was written since the last take: most calls write
+    /// nothing, and a take then costs one load, not a lock.
+    written: AtomicBool,
 }
 
 #[derive(Default)]
@@ -148,17 +159,23 @@ struct Captured {
 
 impl Capture {
     fn push(&self, bytes: &[u8]) {
-        let mut captured = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if bytes.is_empty() {
+            return;
+        }
+        let mut captured = self.buffer.captured.lock().unwrap_or_else(|e| e.into_inner());
         let room = OUTPUT_KEPT.saturating_sub(captured.kept.len()).min(bytes.len());
         captured.kept.extend_from_slice(&bytes[..room]);
         captured.dropped += bytes.len() - room;
+        // Under the lock, so that a take that sees it sees the bytes.
+        self.buffer.written.store(true, Ordering::Release);
     }
 
     fn take_lines(&self) -> (Vec<String>, usize) {
-        let mut captured = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        if captured.kept.is_empty() && captured.dropped == 0 {
+        if !self.buffer.written.load(Ordering::Acquire) {
             return (Vec::new(), 0);
         }
+        let mut captured = self.buffer.captured.lock().unwrap_or_else(|e| e.into_inner());
+        self.buffer.written.store(false, Ordering::Relaxed);
         let Captured { kept, dropped } = std::mem::take(&mut *captured);
         let text = String::from_utf8_lossy(&kept);
         let lines = text.lines().filter(|line| !line.trim().is_empty()).map(str::to_owned).collect();

@@ -1090,12 +1090,7 @@ impl Handler {
             .zip(&traces)
             .map(|((message, &new_record), &(_, trace))| {
                 let (key, event_id) = Self::record_key(message);
-                let calls = if new_record && event_id.is_none() {
-                    self.journal.calls_of_new_record(name.clone(), key)
-                } else {
-                    self.journal.calls(name.clone(), key)
-                };
-                calls.traced(trace)
+                self.journal.traced_calls(name.clone(), key, new_record && event_id.is_none(), trace)
             })
             .collect();
         let counters = self.counters_of(&deployment.version);
