@@ -506,6 +506,7 @@ impl Trigger {
             metrics: self.metrics.clone(),
             version_metrics: None,
             name: Arc::from(self.status.name()),
+            topic: Arc::from(self.topic.as_str()),
         }
     }
 
@@ -992,6 +993,8 @@ struct Handler {
     version_metrics: Option<Arc<VersionMetrics>>,
     /// The function's name, as the journal keys its calls.
     name: Arc<str>,
+    /// The trigger's topic, shared by its records' journal keys.
+    topic: Arc<str>,
 }
 
 /// The counters of `version`: those `held` when they are its, else looked
@@ -1033,13 +1036,14 @@ impl Handler {
     }
 
     /// The journal key of `message`, and its event id when it has one.
-    fn record_key<'m>(message: &'m Message) -> (RecordKey, Option<&'m str>) {
+    fn record_key<'m>(&self, message: &'m Message) -> (RecordKey, Option<&'m str>) {
         let event_id = message
             .headers
             .iter()
             .find(|h| h.key == RecordKey::EVENT_ID_HEADER)
             .and_then(|h| std::str::from_utf8(&h.value).ok());
-        (RecordKey::new(message.topic.as_str(), message.partition, message.offset, event_id), event_id)
+        let topic = if *self.topic == *message.topic { self.topic.clone() } else { Arc::from(message.topic.as_str()) };
+        (RecordKey::new(topic, message.partition, message.offset, event_id), event_id)
     }
 
     /// Runs ready records through calls of `handle-batch`. A record the
@@ -1089,7 +1093,7 @@ impl Handler {
             .zip(&new_records)
             .zip(&traces)
             .map(|((message, &new_record), &(_, trace))| {
-                let (key, event_id) = Self::record_key(message);
+                let (key, event_id) = self.record_key(message);
                 self.journal.traced_calls(name.clone(), key, new_record && event_id.is_none(), trace)
             })
             .collect();
@@ -1243,7 +1247,7 @@ impl Handler {
             return Step::Done(Done::Filtered);
         }
         let name = self.name.clone();
-        let (key, event_id) = Self::record_key(message);
+        let (key, event_id) = self.record_key(message);
         // Tries in all, retry-later answers and traps counted against the
         // budget, waits for a service.
         let (mut attempts, mut declined, mut failures, mut outages) = (0u32, 0u32, 0u32, 0u32);
