@@ -12,22 +12,23 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
-const CALL_ROUNDS: usize = 5;
-const CALLS_PER_ROUND: usize = 4_000;
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use runnel::platform::{
     capabilities::{ManifestGrants, Services, mail::Mail},
     journal::Calls,
-    runtime::{Limits, Message, Outcome, Runtime, bindings::StreamFunctionPre},
+    runtime::{Function, Limits, Message, Outcome, Runtime, bindings::StreamFunctionPre},
 };
 use wasmtime::{
     Config, Engine, Store,
     component::{Component, Linker, ResourceTable},
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The single calls timed per row: this many rounds of this many calls.
+const CALL_ROUNDS: usize = 5;
+const CALLS_PER_ROUND: usize = 4_000;
 
 struct Plain {
     ctx: WasiCtx,
@@ -94,28 +95,13 @@ fn bench(c: &mut Criterion) {
     // no-op function, the probe and plain wasmtime, interleaved in rounds.
     let (mut noop_calls, mut probe_calls) = (Vec::new(), Vec::new());
     let (mut plain_noop_calls, mut plain_calls) = (Vec::new(), Vec::new());
+    let handled = async |f: &Function| assert!(matches!(f.handle(&ok).await, Outcome::Handled));
     rt.block_on(async {
         for _ in 0..CALL_ROUNDS {
-            for _ in 0..CALLS_PER_ROUND {
-                let started = Instant::now();
-                assert!(matches!(noop_fresh.handle(&ok).await, Outcome::Handled));
-                noop_calls.push(started.elapsed());
-            }
-            for _ in 0..CALLS_PER_ROUND {
-                let started = Instant::now();
-                assert!(matches!(fresh.handle(&ok).await, Outcome::Handled));
-                probe_calls.push(started.elapsed());
-            }
-            for _ in 0..CALLS_PER_ROUND {
-                let started = Instant::now();
-                plain_call(&noop_pre).await;
-                plain_noop_calls.push(started.elapsed());
-            }
-            for _ in 0..CALLS_PER_ROUND {
-                let started = Instant::now();
-                plain_call(&pre).await;
-                plain_calls.push(started.elapsed());
-            }
+            support::time_each(CALLS_PER_ROUND, &mut noop_calls, async || handled(&noop_fresh).await).await;
+            support::time_each(CALLS_PER_ROUND, &mut probe_calls, async || handled(&fresh).await).await;
+            support::time_each(CALLS_PER_ROUND, &mut plain_noop_calls, async || plain_call(&noop_pre).await).await;
+            support::time_each(CALLS_PER_ROUND, &mut plain_calls, async || plain_call(&pre).await).await;
         }
     });
     println!("\n| a fresh instance + one no-op call, each call timed ({} calls, {CALL_ROUNDS} interleaved rounds) | p50 | p99 |", CALL_ROUNDS * CALLS_PER_ROUND);

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{BenchHost, env, micros, percentile, read, unique};
+use support::{BenchHost, env, micros, percentile, read, time_each, unique};
 
 use runnel::platform::{
     capabilities::{Grants, ManifestGrants, Services, mail::Mail},
@@ -57,13 +57,12 @@ async fn calls(f: &runnel::platform::runtime::Function, calls: usize) -> Vec<Dur
     for _ in 0..calls.min(20) {
         assert!(matches!(f.handle(&ok).await, Outcome::Handled)); // warm-up
     }
-    let mut times = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let started = Instant::now();
+    let mut times = Vec::new();
+    time_each(calls, &mut times, async || {
         let outcome = f.handle(&ok).await;
-        times.push(started.elapsed());
         assert!(matches!(outcome, Outcome::Handled), "{outcome:?}");
-    }
+    })
+    .await;
     times.sort();
     times
 }

@@ -21,6 +21,16 @@ pub fn read(dir: &str, file: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Runs `run` `n` times, timing each run alone into `times`.
+pub async fn time_each(n: usize, times: &mut Vec<Duration>, mut run: impl AsyncFnMut()) {
+    times.reserve(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        run().await;
+        times.push(started.elapsed());
+    }
+}
+
 /// The `p`-th percentile (nearest rank) of `sorted`.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
