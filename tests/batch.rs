@@ -56,7 +56,7 @@ async fn a_batch_journals_each_record_as_its_own_and_names_the_first_it_did_not_
 
     let name: Arc<str> = Arc::from(FUNCTION);
     let key = |m: &Message| RecordKey::new(m.topic.as_str(), m.partition, m.offset, None);
-    let calls_of = |m: &Message| journal.calls(name.clone(), key(m));
+    let calls_of = |m: &Message| journal.calls(name.clone(), key(m), false, None);
 
     // Records 0..3 handled, 3 refused, 4 never reached.
     let batch: Vec<Message> =
@@ -145,7 +145,7 @@ async fn python_and_javascript_functions_take_batches_each_record_journaled_as_i
         assert!(function.batches(), "{language}: the SDK exports handle-batch");
 
         let function_name: Arc<str> = Arc::from(name.as_str());
-        let calls_of = |m: &Message| journal.calls(function_name.clone(), RecordKey::new(m.topic.as_str(), m.partition, m.offset, None));
+        let calls_of = |m: &Message| journal.calls(function_name.clone(), RecordKey::new(m.topic.as_str(), m.partition, m.offset, None), false, None);
         let insert = format!("insert:{collection}");
         let batch = vec![message(0, &insert), message(1, &insert), message(2, "bad-input"), message(3, &insert)];
         let calls: Vec<_> = batch.iter().map(calls_of).collect();

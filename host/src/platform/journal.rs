@@ -124,22 +124,19 @@ impl Journal {
 
     /// The journal of handling `record` (its key, see [`RecordKey`]) by
     /// `function`.
-    pub fn calls(&self, function: Arc<str>, record: RecordKey) -> Calls {
-        Calls::new(Some(self.clone()), function, Some(record), false, None)
-    }
-
-    /// The journal of handling `record`, known to have no entries (see
-    /// [`Journal::mark`]): its first call does not read the journal.
-    pub fn calls_of_new_record(&self, function: Arc<str>, record: RecordKey) -> Calls {
-        Calls::new(Some(self.clone()), function, Some(record), true, None)
-    }
-
-    /// The journal of handling `record` (known to have no entries when
-    /// `known_new`) in a call that runs in no one record's trace (a record
-    /// of a batch): its effects carry `trace` (a mail's `Traceparent`) and
-    /// its function's log lines name it.
-    pub fn traced_calls(&self, function: Arc<str>, record: RecordKey, known_new: bool, trace: TraceContext) -> Calls {
-        Calls::new(Some(self.clone()), function, Some(record), known_new, Some(trace))
+    ///
+    /// `past_the_mark`: the record is past every earlier owner's mark of its
+    /// partition (see [`Journal::mark`]), so no call of it was journaled at
+    /// its coordinates. Unless it is keyed by an event id, which another
+    /// delivery of the event may have journaled, its first call then reads
+    /// no journal.
+    ///
+    /// `trace`: the trace of a call that runs in no one record's trace (a
+    /// record of a batch): the record's effects carry it (a mail's
+    /// `Traceparent`) and its function's log lines name it.
+    pub fn calls(&self, function: Arc<str>, record: RecordKey, past_the_mark: bool, trace: Option<TraceContext>) -> Calls {
+        let known_new = past_the_mark && record.event.is_none();
+        Calls::new(Some(self.clone()), function, Some(record), known_new, trace)
     }
 
     fn mark_id(function: &str, topic: &str, partition: i32) -> String {
@@ -570,7 +567,7 @@ impl Calls {
         }))
     }
 
-    /// The record's trace, when [`Journal::traced_calls`] gave one.
+    /// The record's trace, when [`Journal::calls`] was given one.
     pub fn trace(&self) -> Option<TraceContext> {
         self.0.trace
     }

@@ -88,7 +88,7 @@ pub(crate) struct BatchCalls {
 
 /// Links `batch.begin`: from then on, the instance's capability calls are
 /// journaled as the calls of that record of the batch, and carry its trace
-/// (see [`super::journal::Journal::traced_calls`]), as do its log lines.
+/// (see [`super::journal::Journal::calls`]), as do its log lines.
 /// The lines kept and the call's deadline go on across the batch.
 fn link_batch(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
     linker.instance(BATCH_INTERFACE)?.func_wrap(

@@ -247,7 +247,7 @@ pub async fn replay(
         };
         let event_id = header(&message, RecordKey::EVENT_ID_HEADER).map(String::from);
         let key = RecordKey::new(message.topic.as_str(), message.partition, message.offset, event_id.as_deref());
-        let calls = journal.calls(name.clone(), key);
+        let calls = journal.calls(name.clone(), key, false, None);
         let outcome = deployment.function.run(&message, &calls).await.outcome;
         let stats = calls.stats().await;
         report.replayed += 1;

@@ -110,6 +110,13 @@ const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 const MAX_OUTAGE_BACKOFF: Duration = Duration::from_secs(5);
 /// How often a worker waiting between two tries looks for a revocation.
 const REVOCATION_CHECK: Duration = Duration::from_millis(100);
+/// How long a partition's queue may give its worker nothing before the
+/// worker reads it anyway. librdkafka calls a queue's wake-up only when the
+/// queue goes from empty to non-empty, and that edge can be missed
+/// (rust-rdkafka #665; split queues have no fallback of their own, #840): a
+/// worker would then sleep with records in its queue, for good, since no
+/// edge comes while they are there.
+const QUEUE_LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 /// Everything a trigger needs, handed over by the registry.
 pub struct Trigger {
@@ -444,7 +451,7 @@ impl Trigger {
                         queues.insert(partition, queue);
                     }
                     let Some(queue) = queues.get(&partition).cloned() else { continue };
-                    let worker = Worker { handler: self.handler(), halt: halt.clone(), ended: ended_tx.clone() };
+                    let worker = Worker { handler: self.handler(), counters: None, halt: halt.clone(), ended: ended_tx.clone() };
                     let mark = self.journal.partition_mark(&name, &self.topic, partition);
                     tasks.spawn(worker.run(queue, flags, mark));
                 }
@@ -497,17 +504,16 @@ impl Trigger {
         store_finished(consumer, &self.topic, owned.iter().map(|(p, w)| (*p, w)), self.status.name())
     }
 
-    fn handler(&self) -> Handler {
-        Handler {
+    fn handler(&self) -> Arc<Handler> {
+        Arc::new(Handler {
             status: self.status.clone(),
             producer: self.producer.clone(),
             journal: self.journal.clone(),
             deployment: self.deployment.clone(),
             metrics: self.metrics.clone(),
-            version_metrics: None,
             name: Arc::from(self.status.name()),
             topic: Arc::from(self.topic.as_str()),
-        }
+        })
     }
 
     fn consumer(
@@ -562,7 +568,9 @@ fn commit(consumer: &TriggerConsumer, mode: CommitMode, function: &str) {
 /// One partition's worker: runs its records, up to the function's
 /// `max-in-flight` at once, those of one key one after the other.
 struct Worker {
-    handler: Handler,
+    handler: Arc<Handler>,
+    /// The counters of the version its last run ran, handed to the next.
+    counters: Option<Arc<VersionMetrics>>,
     halt: watch::Receiver<bool>,
     /// Where the state to stop in goes when the function cannot go on.
     ended: mpsc::UnboundedSender<FunctionState>,
@@ -614,6 +622,9 @@ impl Worker {
         let mut busy_keys = BusyKeys::default();
         let mut running = JoinSet::new();
         let mut taking = true;
+        let mut look_again = tokio::time::interval(QUEUE_LOOK_AGAIN);
+        look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        look_again.reset();
         loop {
             let (max, inline, batch) = self.handler.scheduling();
             // Room for a whole batch to form while the slots are taken.
@@ -677,36 +688,23 @@ impl Worker {
                     self.finished(ran, &mut busy_keys, &mut taking, &mut waiting, &mut running, &flags);
                 }
                 record = queue.recv(), if taking && waiting.len() < queue_limit => {
-                    // With it, every record already fetched (up to the
-                    // limit): the runs started next see them all, so that
-                    // batches form however fast the function is, and a
-                    // record costs no turn of this loop of its own.
-                    let mut next = Some(record);
-                    while let Some(record) = next.take() {
-                        let message = match record {
-                            Ok(record) => to_wit(&record),
-                            Err(e) => {
-                                // librdkafka recovers from broker errors by itself.
-                                tracing::warn!(function = self.handler.status.name(), "consumer error: {e}");
-                                if !wait(&mut self.halt, Duration::from_millis(500)).await {
-                                    taking = false;
-                                }
-                                break;
-                            }
-                        };
-                        // Outside the call fence: a revocation need not wait for
-                        // the journal; a mark raised by a revoked worker only
-                        // makes the next owner read more journals.
-                        match self.ensure_mark(&message, &flags, &mut mark).await {
-                            Some(new_record) => {
-                                flags.window().take(message.offset);
-                                waiting.push_back((message, new_record));
-                            }
-                            None => taking = false,
-                        }
-                        // Once revoked (or halting), nothing more is read.
-                        if taking && waiting.len() < queue_limit && !flags.is_revoked() && !*self.halt.borrow() {
-                            next = queue.recv().now_or_never();
+                    look_again.reset();
+                    if !self.take_fetched(record, &queue, &flags, &mut mark, &mut waiting, queue_limit).await {
+                        taking = false;
+                    }
+                }
+                // Polled only when nothing above is ready: after a quarter
+                // second without a record read.
+                _ = look_again.tick(), if taking && waiting.len() < queue_limit => {
+                    if let Some(record) = queue.recv().now_or_never() {
+                        let partition = record.as_ref().map(|r| r.partition()).ok();
+                        tracing::warn!(
+                            function = self.handler.status.name(),
+                            partition,
+                            "the partition's queue had a record but no wake-up came: read by the periodic look"
+                        );
+                        if !self.take_fetched(record, &queue, &flags, &mut mark, &mut waiting, queue_limit).await {
+                            taking = false;
                         }
                     }
                 }
@@ -716,6 +714,44 @@ impl Worker {
                 waiting.clear();
             }
         }
+    }
+
+    /// Takes `record`, and with it every record already fetched (up to
+    /// `queue_limit` waiting): the runs started next see them all, so that
+    /// batches form however fast the function is, and a record costs no
+    /// turn of the worker's loop of its own. False once the worker must
+    /// stop taking records.
+    async fn take_fetched<'q>(
+        &mut self,
+        record: Result<BorrowedMessage<'q>, KafkaError>,
+        queue: &'q PartitionQueue,
+        flags: &WorkerFlags,
+        mark: &mut PartitionMark,
+        waiting: &mut VecDeque<(Message, bool)>,
+        queue_limit: usize,
+    ) -> bool {
+        let mut next = Some(record);
+        while let Some(record) = next.take() {
+            let message = match record {
+                Ok(record) => to_wit(&record),
+                Err(e) => {
+                    // librdkafka recovers from broker errors by itself.
+                    tracing::warn!(function = self.handler.status.name(), "consumer error: {e}");
+                    return wait(&mut self.halt, Duration::from_millis(500)).await;
+                }
+            };
+            // Outside the call fence: a revocation need not wait for the
+            // journal; a mark raised by a revoked worker only makes the
+            // next owner read more journals.
+            let Some(new_record) = self.ensure_mark(&message, flags, mark).await else { return false };
+            flags.window().take(message.offset);
+            waiting.push_back((message, new_record));
+            // Once revoked (or halting), nothing more is read.
+            if waiting.len() < queue_limit && !flags.is_revoked() && !*self.halt.borrow() {
+                next = queue.recv().now_or_never();
+            }
+        }
+        true
     }
 
     /// A run ended: its keys are free again, and the worker stops taking
@@ -766,11 +802,14 @@ impl Worker {
         }
     }
 
-    /// What a run takes along: a clone of the handler (with the counters of
-    /// the version deployed now resolved), and a fence on the partition.
-    fn run_parts(&mut self, flags: Arc<WorkerFlags>) -> (Handler, Fence) {
-        self.handler.resolve_counters();
-        (self.handler.clone(), Fence { flags, halt: self.halt.clone(), inside: false })
+    /// What a run takes along: the handler, the counters of the version
+    /// deployed now (looked up when another version was deployed since the
+    /// last run), and a fence on the partition.
+    fn run_parts(&mut self, flags: Arc<WorkerFlags>) -> (Run, Fence) {
+        let handler = &self.handler;
+        let counters = held_counters(&mut self.counters, &handler.metrics, handler.status.name(), &handler.deployment.borrow().version);
+        let run = Run { handler: handler.clone(), version_metrics: Some(counters), running: None };
+        (run, Fence { flags, halt: self.halt.clone(), inside: false })
     }
 
     /// One record's run: polled by the worker, then a task of its own if it
@@ -782,7 +821,7 @@ impl Worker {
         trace: Option<RecordTrace>,
         flags: Arc<WorkerFlags>,
     ) -> impl Future<Output = Ran> + Send + 'static {
-        let (mut handler, mut fence) = self.run_parts(flags);
+        let (mut run, mut fence) = self.run_parts(flags);
         async move {
             if !fence.enter() {
                 return Ran { keys: Keys::One(message.key), step: Step::Revoked, split: None };
@@ -792,9 +831,9 @@ impl Worker {
             let (parent, trace) = trace.unwrap_or_else(|| record_trace(&message));
             let span = tracing::info_span!("record", trace_id = %trace.trace_id(), partition = message.partition, offset = message.offset);
             let since = trace::otlp::enabled().then(SystemTime::now);
-            let step = trace::scope(trace, handler.process(&message, new_record, &mut fence)).instrument(span).await;
+            let step = trace::scope(trace, run.process(&message, new_record, &mut fence)).instrument(span).await;
             if let Some(since) = since {
-                handler.export_span(&message, trace, parent, since, &step);
+                run.export_span(&message, trace, parent, since, &step);
             }
             if let Step::Done(_) = step {
                 // Finished before the try ends, so a revocation (which waits
@@ -814,7 +853,7 @@ impl Worker {
         records: Vec<(Message, bool)>,
         flags: Arc<WorkerFlags>,
     ) -> impl Future<Output = Ran> + Send + 'static {
-        let (mut handler, mut fence) = self.run_parts(flags);
+        let (mut run, mut fence) = self.run_parts(flags);
         async move {
             if !fence.enter() {
                 let keys = Keys::Many(records.into_iter().filter_map(|(m, _)| m.key).collect());
@@ -826,7 +865,7 @@ impl Worker {
             let first = &messages[0];
             let last = messages.last().map_or(first.offset, |m| m.offset);
             let span = tracing::info_span!("records", partition = first.partition, offset = first.offset, last, count = messages.len());
-            let (step, split) = handler.process_batch(&messages, &new_records, &mut fence).instrument(span).await;
+            let (step, split) = run.process_batch(&messages, &new_records, &mut fence).instrument(span).await;
             drop(fence);
             // The records' keys, moved out of them (those of a split are
             // copies of theirs): the worker frees them.
@@ -980,8 +1019,7 @@ impl Worker {
     }
 }
 
-/// Runs records through the function: what a worker does with each.
-#[derive(Clone)]
+/// Runs records through the function: what a worker and its runs share.
 struct Handler {
     status: Arc<Status>,
     producer: EventProducer,
@@ -989,12 +1027,28 @@ struct Handler {
     /// The version to run; replaced in place by a deploy.
     deployment: watch::Receiver<Arc<Deployment>>,
     metrics: Metrics,
-    /// The counters of the version last run.
-    version_metrics: Option<Arc<VersionMetrics>>,
     /// The function's name, as the journal keys its calls.
     name: Arc<str>,
     /// The trigger's topic, shared by its records' journal keys.
     topic: Arc<str>,
+}
+
+/// One run of a worker's records: its handler, and what is the run's own
+/// (the version it runs, and that version's counters).
+struct Run {
+    handler: Arc<Handler>,
+    /// The counters of the version last run.
+    version_metrics: Option<Arc<VersionMetrics>>,
+    /// The version its last try ran.
+    running: Option<Arc<Deployment>>,
+}
+
+impl std::ops::Deref for Run {
+    type Target = Handler;
+
+    fn deref(&self) -> &Handler {
+        &self.handler
+    }
 }
 
 /// The counters of `version`: those `held` when they are its, else looked
@@ -1035,17 +1089,20 @@ impl Handler {
         (kafka.max_in_flight as usize, deployed.manifest.reuse.is_some(), batch)
     }
 
-    /// The journal key of `message`, and its event id when it has one.
-    fn record_key<'m>(&self, message: &'m Message) -> (RecordKey, Option<&'m str>) {
+    /// The journal key of `message`.
+    fn record_key(&self, message: &Message) -> RecordKey {
         let event_id = message
             .headers
             .iter()
             .find(|h| h.key == RecordKey::EVENT_ID_HEADER)
             .and_then(|h| std::str::from_utf8(&h.value).ok());
         let topic = if *self.topic == *message.topic { self.topic.clone() } else { Arc::from(message.topic.as_str()) };
-        (RecordKey::new(topic, message.partition, message.offset, event_id), event_id)
+        RecordKey::new(topic, message.partition, message.offset, event_id)
     }
 
+}
+
+impl Run {
     /// Runs ready records through calls of `handle-batch`. A record the
     /// function declined goes on alone, as `process` runs any record (its
     /// retries, dead-lettering and waits for a service; the batch's try does
@@ -1093,8 +1150,7 @@ impl Handler {
             .zip(&new_records)
             .zip(&traces)
             .map(|((message, &new_record), &(_, trace))| {
-                let (key, event_id) = self.record_key(message);
-                self.journal.traced_calls(name.clone(), key, new_record && event_id.is_none(), trace)
+                self.journal.calls(name.clone(), self.record_key(message), new_record, Some(trace))
             })
             .collect();
         let counters = self.counters_of(&deployment.version);
@@ -1176,26 +1232,19 @@ impl Handler {
 
     /// The version to run now.
     fn current(&mut self) -> Arc<Deployment> {
-        self.deployment.borrow_and_update().clone()
+        let deployment = self.deployment.borrow().clone();
+        self.running.insert(deployment).clone()
     }
 
     /// The counters of `version`.
     fn counters_of(&mut self, version: &str) -> Arc<VersionMetrics> {
-        held_counters(&mut self.version_metrics, &self.metrics, self.status.name(), version)
-    }
-
-    /// Resolves the counters of the version deployed now, unless they are
-    /// the ones held: a worker does it before each record's run, so the
-    /// runs (clones of its handler) find them, not one lookup each.
-    fn resolve_counters(&mut self) {
-        let deployed = self.deployment.borrow();
-        held_counters(&mut self.version_metrics, &self.metrics, self.status.name(), &deployed.version);
+        held_counters(&mut self.version_metrics, &self.handler.metrics, self.handler.status.name(), version)
     }
 
     /// Whether another version was deployed while the last call ran: then
     /// the record is run again on it rather than the trigger stopping.
     fn swapped_meanwhile(&self) -> bool {
-        self.deployment.has_changed().unwrap_or(false)
+        self.running.as_ref().is_some_and(|running| !Arc::ptr_eq(running, &self.deployment.borrow()))
     }
 
     /// Exports the span of `message`'s run (all its tries), which ended in `step`.
@@ -1247,7 +1296,7 @@ impl Handler {
             return Step::Done(Done::Filtered);
         }
         let name = self.name.clone();
-        let (key, event_id) = self.record_key(message);
+        let key = self.record_key(message);
         // Tries in all, retry-later answers and traps counted against the
         // budget, waits for a service.
         let (mut attempts, mut declined, mut failures, mut outages) = (0u32, 0u32, 0u32, 0u32);
@@ -1259,14 +1308,10 @@ impl Handler {
             let version = short(&deployment.version);
             let offset = message.offset;
             attempts += 1;
-            // A record's first try needs no journal read when no one can have
-            // started it: new at these coordinates, and not an event that may
-            // have been delivered before elsewhere.
-            let calls = if attempts == 1 && new_record && event_id.is_none() {
-                self.journal.calls_of_new_record(name.clone(), key.clone())
-            } else {
-                self.journal.calls(name.clone(), key.clone())
-            };
+            // A record's first try needs no journal read when no one can
+            // have started it (new at these coordinates, and not an event
+            // another delivery may have started).
+            let calls = self.journal.calls(name.clone(), key.clone(), attempts == 1 && new_record, None);
             let started = Instant::now();
             let outcome = deployment.function.run(message, &calls).await.outcome;
             counters.handling.observe(started.elapsed().as_secs_f64());
