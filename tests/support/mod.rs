@@ -482,13 +482,29 @@ impl Host {
 
 /// Produces `payload` to `topic`/`partition` with `key` and `headers`.
 pub async fn produce(brokers: &str, topic: &str, partition: Option<i32>, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+    send(&producer(brokers), topic, partition, key, payload, headers).await;
+}
+
+/// A producer for records sent one right after the other (connecting one
+/// takes longer than sending a record): idempotent, so that a send retried
+/// on a slow broker is not stored twice.
+pub fn producer(brokers: &str) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").create().unwrap()
+}
+
+/// Sends a record with `producer` and waits until the broker has it.
+pub async fn send(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+) {
     use rdkafka::{
         message::{Header, OwnedHeaders},
-        producer::{FutureProducer, FutureRecord},
+        producer::FutureRecord,
     };
-    // Idempotent: a send retried on a slow broker is not stored twice.
-    let producer: FutureProducer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").create().unwrap();
     let mut owned = OwnedHeaders::new();
     for (k, v) in headers {
         owned = owned.insert(Header { key: k, value: Some(v.as_bytes()) });
