@@ -40,7 +40,10 @@
 
 use std::{
     future::Future,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -513,6 +516,11 @@ pub struct Calls(Arc<CallsShared>);
 
 struct CallsShared {
     inner: Mutex<CallsInner>,
+    /// Set before anything changes `inner` (a call, a service noted
+    /// unavailable): until then its stats are the default and there is
+    /// nothing to mark handled, which most records (calling no capability)
+    /// answer without the lock.
+    touched: AtomicBool,
     journal: Option<Journal>,
     function: Arc<str>,
     record: Option<RecordKey>,
@@ -560,6 +568,7 @@ impl Calls {
                 pending_reads: Vec::new(),
                 stats: CallStats::default(),
             }),
+            touched: AtomicBool::new(false),
             journal,
             function,
             record,
@@ -584,11 +593,15 @@ impl Calls {
     }
 
     pub async fn stats(&self) -> CallStats {
+        if !self.0.touched.load(Ordering::Acquire) {
+            return CallStats::default();
+        }
         self.0.inner.lock().await.stats
     }
 
     /// Notes that a service did not answer, without a journaled call.
     pub async fn note_unavailable(&self) {
+        self.0.touched.store(true, Ordering::Release);
         self.0.inner.lock().await.stats.unavailable = true;
     }
 
@@ -620,6 +633,9 @@ impl Calls {
     /// Marks the record as handled: its journal expires an hour from now
     /// (soon after, in a batch). Answers its [`Calls::stats`].
     pub async fn handled(&self) -> CallStats {
+        if !self.0.touched.load(Ordering::Acquire) {
+            return CallStats::default();
+        }
         let inner = self.0.inner.lock().await;
         let stats = inner.stats;
         let (Some(journal), Some(record)) = (&self.0.journal, self.0.record.as_ref()) else { return stats };
@@ -655,6 +671,7 @@ impl Calls {
         F: FnOnce(CallId) -> Fut,
         Fut: Future<Output = T>,
     {
+        self.0.touched.store(true, Ordering::Release);
         let mut inner = self.0.inner.lock().await;
         let seq = inner.next_seq;
         inner.next_seq += 1;

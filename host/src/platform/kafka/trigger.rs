@@ -65,7 +65,7 @@ use std::{
 
 use rdkafka::{
     ClientContext, Message as _, TopicPartitionList,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer, stream_consumer::StreamPartitionQueue},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, MessageStream, Rebalance, StreamConsumer, stream_consumer::StreamPartitionQueue},
     error::KafkaError,
     message::{BorrowedMessage, Headers},
     types::RDKafkaErrorCode,
@@ -83,7 +83,7 @@ use crate::platform::{
     runtime::{HandlerError, Header, Message, Outcome},
     trace::{self, TraceContext},
 };
-use futures::FutureExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use tracing::Instrument;
 
 /// How often librdkafka reports the consumer's statistics (its lag).
@@ -588,8 +588,9 @@ struct Window {
 }
 
 impl Window {
-    fn take(&mut self, offset: i64) {
-        self.taken.push_back((offset, false));
+    /// Takes `offsets`, each past those taken before.
+    fn take_all(&mut self, offsets: impl IntoIterator<Item = i64>) {
+        self.taken.extend(offsets.into_iter().map(|offset| (offset, false)));
     }
 
     /// Marks `offset` finished.
@@ -622,6 +623,9 @@ impl Worker {
         let mut busy_keys = BusyKeys::default();
         let mut running = JoinSet::new();
         let mut taking = true;
+        // One stream for the worker's life: making one registers a waker
+        // with the queue, under a lock, and dropping it unregisters it.
+        let mut stream = queue.stream();
         let mut look_again = tokio::time::interval(QUEUE_LOOK_AGAIN);
         look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         look_again.reset();
@@ -637,7 +641,7 @@ impl Worker {
                     }
                     for (message, _) in &picked {
                         if let Some(key) = &message.key {
-                            busy_keys.insert(key.clone());
+                            busy_keys.insert(key_hash(key));
                         }
                     }
                     // Boxed, so that a task moves a pointer, not the run's
@@ -687,23 +691,23 @@ impl Worker {
                     };
                     self.finished(ran, &mut busy_keys, &mut taking, &mut waiting, &mut running, &flags);
                 }
-                record = queue.recv(), if taking && waiting.len() < queue_limit => {
+                Some(record) = stream.next(), if taking && waiting.len() < queue_limit => {
                     look_again.reset();
-                    if !self.take_fetched(record, &queue, &flags, &mut mark, &mut waiting, queue_limit).await {
+                    if !self.take_fetched(record, &mut stream, &flags, &mut mark, &mut waiting, queue_limit).await {
                         taking = false;
                     }
                 }
                 // Polled only when nothing above is ready: after a quarter
                 // second without a record read.
                 _ = look_again.tick(), if taking && waiting.len() < queue_limit => {
-                    if let Some(record) = queue.recv().now_or_never() {
+                    if let Some(record) = stream.next().now_or_never().flatten() {
                         let partition = record.as_ref().map(|r| r.partition()).ok();
                         tracing::warn!(
                             function = self.handler.status.name(),
                             partition,
                             "the partition's queue had a record but no wake-up came: read by the periodic look"
                         );
-                        if !self.take_fetched(record, &queue, &flags, &mut mark, &mut waiting, queue_limit).await {
+                        if !self.take_fetched(record, &mut stream, &flags, &mut mark, &mut waiting, queue_limit).await {
                             taking = false;
                         }
                     }
@@ -724,34 +728,40 @@ impl Worker {
     async fn take_fetched<'q>(
         &mut self,
         record: Result<BorrowedMessage<'q>, KafkaError>,
-        queue: &'q PartitionQueue,
+        stream: &mut MessageStream<'q, TriggerContext>,
         flags: &WorkerFlags,
         mark: &mut PartitionMark,
         waiting: &mut VecDeque<(Message, bool)>,
         queue_limit: usize,
     ) -> bool {
+        let before = waiting.len();
         let mut next = Some(record);
-        while let Some(record) = next.take() {
-            let message = match record {
-                Ok(record) => to_wit(&record),
-                Err(e) => {
-                    // librdkafka recovers from broker errors by itself.
-                    tracing::warn!(function = self.handler.status.name(), "consumer error: {e}");
-                    return wait(&mut self.halt, Duration::from_millis(500)).await;
+        let taking = 'drain: {
+            while let Some(record) = next.take() {
+                let message = match record {
+                    Ok(record) => to_wit(&record),
+                    Err(e) => {
+                        // librdkafka recovers from broker errors by itself.
+                        tracing::warn!(function = self.handler.status.name(), "consumer error: {e}");
+                        break 'drain wait(&mut self.halt, Duration::from_millis(500)).await;
+                    }
+                };
+                // Outside the call fence: a revocation need not wait for the
+                // journal; a mark raised by a revoked worker only makes the
+                // next owner read more journals.
+                let Some(new_record) = self.ensure_mark(&message, flags, mark).await else { break 'drain false };
+                waiting.push_back((message, new_record));
+                // Once revoked (or halting), nothing more is read.
+                if waiting.len() < queue_limit && !flags.is_revoked() && !*self.halt.borrow() {
+                    next = stream.next().now_or_never().flatten();
                 }
-            };
-            // Outside the call fence: a revocation need not wait for the
-            // journal; a mark raised by a revoked worker only makes the
-            // next owner read more journals.
-            let Some(new_record) = self.ensure_mark(&message, flags, mark).await else { return false };
-            flags.window().take(message.offset);
-            waiting.push_back((message, new_record));
-            // Once revoked (or halting), nothing more is read.
-            if waiting.len() < queue_limit && !flags.is_revoked() && !*self.halt.borrow() {
-                next = queue.recv().now_or_never();
             }
-        }
-        true
+            true
+        };
+        // In the window before any of them runs (so before any finishes),
+        // with one lock for them all.
+        flags.window().take_all(waiting.iter().skip(before).map(|(message, _)| message.offset));
+        taking
     }
 
     /// A run ended: its keys are free again, and the worker stops taking
@@ -792,7 +802,7 @@ impl Worker {
         // records waiting (nothing past them is committed).
         if let Some(Split { declined, trace, rest }) = split.filter(|_| *taking) {
             if let Some(key) = &declined.key {
-                busy_keys.insert(key.clone());
+                busy_keys.insert(key_hash(key));
             }
             // Not new: the batch started it, in the trace it goes on in.
             running.spawn(self.record(declined, false, Some(trace), flags.clone()));
@@ -824,7 +834,7 @@ impl Worker {
         let (mut run, mut fence) = self.run_parts(flags);
         async move {
             if !fence.enter() {
-                return Ran { keys: Keys::One(message.key), step: Step::Revoked, split: None };
+                return Ran { keys: Keys::One(message.key.as_deref().map(key_hash)), step: Step::Revoked, split: None };
             }
             // The record's trace (from its `traceparent`, or a new one) tags
             // the host's and the function's log lines and its effects.
@@ -842,7 +852,7 @@ impl Worker {
                 fence.flags.window().finish(message.offset);
             }
             drop(fence);
-            Ran { keys: Keys::One(message.key), step, split: None }
+            Ran { keys: Keys::One(message.key.as_deref().map(key_hash)), step, split: None }
         }
     }
 
@@ -856,7 +866,7 @@ impl Worker {
         let (mut run, mut fence) = self.run_parts(flags);
         async move {
             if !fence.enter() {
-                let keys = Keys::Many(records.into_iter().filter_map(|(m, _)| m.key).collect());
+                let keys = Keys::Many(records.iter().filter_map(|(m, _)| m.key.as_deref().map(key_hash)).collect());
                 return Ran { keys, step: Step::Revoked, split: None };
             }
             let (messages, new_records): (Vec<Message>, Vec<bool>) = records.into_iter().unzip();
@@ -867,9 +877,9 @@ impl Worker {
             let span = tracing::info_span!("records", partition = first.partition, offset = first.offset, last, count = messages.len());
             let (step, split) = run.process_batch(&messages, &new_records, &mut fence).instrument(span).await;
             drop(fence);
-            // The records' keys, moved out of them (those of a split are
-            // copies of theirs): the worker frees them.
-            let keys = Keys::Many(messages.into_iter().filter_map(|m| m.key).collect());
+            // The records' keys, which the worker frees (a split's declined
+            // record takes its key again).
+            let keys = Keys::Many(messages.iter().filter_map(|m| m.key.as_deref().map(key_hash)).collect());
             Ran { keys, step, split }
         }
     }
@@ -906,20 +916,27 @@ struct Split {
 
 /// The keys a run holds: of one record, or of a batch.
 enum Keys {
-    One(Option<Vec<u8>>),
-    Many(Vec<Vec<u8>>),
+    One(Option<u64>),
+    Many(Vec<u64>),
 }
 
-/// The keys of a partition's records running. Hashed with foldhash (seeded
-/// per process): the keys are the producers' data, looked up for every
-/// record.
-type BusyKeys = HashSet<Vec<u8>, foldhash::fast::RandomState>;
+/// The keys of a partition's records running, by their [`key_hash`]: no
+/// key is copied for it. Two keys of one hash only wait for each other, so
+/// each keeps its order all the same.
+type BusyKeys = HashSet<u64, foldhash::fast::RandomState>;
+
+/// The hash of a record's key: foldhash, seeded per process, since the keys
+/// are the producers' data.
+fn key_hash(key: &[u8]) -> u64 {
+    static SEED: std::sync::LazyLock<foldhash::fast::RandomState> = std::sync::LazyLock::new(Default::default);
+    std::hash::BuildHasher::hash_one(&*SEED, key)
+}
 
 /// Takes the records to run next off `waiting`: the first whose key is not
 /// running, or with `batch` > 1, up to `batch` of them in offset order
 /// (several of one key among them, which the batch runs in their order).
 fn pick(waiting: &mut VecDeque<(Message, bool)>, busy_keys: &BusyKeys, batch: usize) -> Vec<(Message, bool)> {
-    let free = |m: &Message| m.key.as_ref().is_none_or(|k| !busy_keys.contains(k));
+    let free = |m: &Message| m.key.as_deref().is_none_or(|k| !busy_keys.contains(&key_hash(k)));
     if batch <= 1 {
         let ready = waiting.iter().position(|(m, _)| free(m));
         return ready.and_then(|i| waiting.remove(i)).into_iter().collect();
