@@ -20,7 +20,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicI64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -345,11 +345,13 @@ impl Outcome {
     }
 }
 
-/// A call's outcome and what the function logged during it.
+/// A call's outcome, what the function logged during it, and how long it
+/// took (from taking an instance to giving it back).
 #[derive(Debug)]
 pub struct Invocation {
     pub outcome: Outcome,
     pub logs: Vec<LogLine>,
+    pub took: Duration,
 }
 
 /// Why a call did not return an answer.
@@ -661,6 +663,7 @@ pub struct BatchInvocation {
     /// instance), which does not say which message it was on.
     pub outcome: Outcome,
     pub logs: Vec<LogLine>,
+    pub took: Duration,
 }
 
 /// Instance reuse: its bounds and the instances waiting for a message.
@@ -676,16 +679,13 @@ const IDLE_KEPT: usize = 16;
 
 impl Reuse {
     /// A warm instance young enough to serve, dropping those too old.
-    fn take(&self) -> Option<Warm> {
-        // One clock read, not one per idle instance.
-        let now = std::time::Instant::now();
+    fn take(&self, now: Instant) -> Option<Warm> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|warm| now.duration_since(warm.born) < self.max_age);
         idle.pop()
     }
 
-    fn put(&self, warm: Warm) {
-        let now = std::time::Instant::now();
+    fn put(&self, warm: Warm, now: Instant) {
         let young = |warm: &Warm| now.duration_since(warm.born) < self.max_age;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(young);
@@ -738,14 +738,14 @@ impl Function {
     /// `calls`, the journal of this record: a new one, or with reuse, a warm
     /// one when there is one.
     pub async fn run(&self, message: &Message, calls: &Calls) -> Invocation {
-        let (answer, logs) = self.execute(Request::One(message), calls, None).await;
+        let (answer, logs, took) = self.execute(Request::One(message), calls, None).await;
         let outcome = match answer {
             Ok(Answer::One(Ok(()))) => Outcome::Handled,
             Ok(Answer::One(Err(declined))) => Outcome::Declined(declined),
             Ok(Answer::Batch(_)) => Outcome::Failed(anyhow::anyhow!("a batch answer to one message")),
             Err(outcome) => outcome,
         };
-        Invocation { outcome, logs }
+        Invocation { outcome, logs, took }
     }
 
     /// Runs `messages` through one instance's `handle-batch` (see
@@ -759,10 +759,10 @@ impl Function {
                 true => Outcome::Handled,
                 false => Outcome::Failed(anyhow::anyhow!("{} messages with {} journals", messages.len(), calls.len())),
             };
-            return BatchInvocation { handled: 0, outcome, logs: Vec::new() };
+            return BatchInvocation { handled: 0, outcome, logs: Vec::new(), took: Duration::ZERO };
         };
         let batch = BatchCalls { calls: calls.to_vec(), runtime: self.runtime.clone(), function: self.name.clone(), grants: self.grants.clone() };
-        let (answer, logs) = self.execute(Request::Batch(messages), first, Some(Box::new(batch))).await;
+        let (answer, logs, took) = self.execute(Request::Batch(messages), first, Some(Box::new(batch))).await;
         let (handled, outcome) = match answer {
             Ok(Answer::Batch(Ok(()))) => (messages.len(), Outcome::Handled),
             Ok(Answer::Batch(Err((index, declined)))) if (index as usize) < messages.len() => {
@@ -775,30 +775,35 @@ impl Function {
             Ok(Answer::One(_)) => (0, Outcome::Failed(anyhow::anyhow!("one answer to a batch"))),
             Err(outcome) => (0, outcome),
         };
-        BatchInvocation { handled, outcome, logs }
+        BatchInvocation { handled, outcome, logs, took }
     }
 
     /// Runs `request` on an instance (warm, with reuse, or new), within the
     /// call deadline; returns the answer, or the outcome of a call that gave
-    /// none, and what the function logged.
-    async fn execute(&self, request: Request<'_>, calls: &Calls, batch: Option<Box<BatchCalls>>) -> (Result<Answer, Outcome>, Vec<LogLine>) {
+    /// none, what the function logged, and how long that took.
+    async fn execute(
+        &self,
+        request: Request<'_>,
+        calls: &Calls,
+        batch: Option<Box<BatchCalls>>,
+    ) -> (Result<Answer, Outcome>, Vec<LogLine>, Duration) {
         let limits = self.runtime.inner.limits;
-        let warm = self.reuse.as_ref().and_then(|reuse| reuse.take());
+        // The call's two clock reads: its start (a warm instance's age, the
+        // call's deadline) and its end (how long it took, the age again).
+        let started = Instant::now();
+        let warm = self.reuse.as_ref().and_then(|reuse| reuse.take(started));
         let (mut store, instance, served, born) = match warm {
             Some(mut warm) => {
-                warm.store.data_mut().renew(&self.runtime.inner.services, &self.name, &self.grants, calls);
+                warm.store.data_mut().renew(&self.runtime.inner.services, &self.name, &self.grants, calls, started);
                 (warm.store, Some(warm.instance), warm.served, warm.born)
             }
-            None => {
-                let store = self.store(limits, calls);
-                let born = store.data().call_started;
-                (store, None, 0, born)
-            }
+            None => (self.store(limits, calls, started), None, 0, started),
         };
         store.data_mut().batch = batch;
         store.set_epoch_deadline(1);
         let run = self.call(&mut store, instance, request);
-        let (answer, instance) = match tokio::time::timeout(limits.timeout + EPOCH_TICK * 10, run).await {
+        let deadline = tokio::time::Instant::from_std(started + limits.timeout + EPOCH_TICK * 10);
+        let (answer, instance) = match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok((instance, answer))) => {
                 let instance = answer.handled().then_some(instance);
                 (Ok(answer), instance)
@@ -822,6 +827,8 @@ impl Function {
                 None,
             ),
         };
+        let ended = Instant::now();
+        let took = ended - started;
         let state = store.data_mut();
         state.batch = None;
         for (stream, lines, dropped) in state.sandbox.take_output() {
@@ -836,12 +843,12 @@ impl Function {
         if let (Some(reuse), Some(instance)) = (&self.reuse, instance)
             && served + request.len() < reuse.max_messages
         {
-            reuse.put(Warm { store, instance, served: served + request.len(), born });
+            reuse.put(Warm { store, instance, served: served + request.len(), born }, ended);
         }
-        (answer, logs)
+        (answer, logs, took)
     }
 
-    fn store(&self, limits: Limits, calls: &Calls) -> Store<InstanceState> {
+    fn store(&self, limits: Limits, calls: &Calls, started: Instant) -> Store<InstanceState> {
         let inner = &self.runtime.inner;
         // Bounds on everything a component can make, not just each memory's
         // size: a Rust component needs one memory and a few small tables, a
@@ -854,7 +861,7 @@ impl Function {
             .instances(CORE_INSTANCES_PER_COMPONENT as usize)
             .trap_on_grow_failure(false)
             .build();
-        let state = inner.services.instance(&self.name, &self.grants, Metered::new(store_limits, inner.usage.clone()), calls);
+        let state = inner.services.instance(&self.name, &self.grants, Metered::new(store_limits, inner.usage.clone()), calls, started);
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limits);
         // Yield to tokio at every tick, and trap once the call in progress

@@ -118,24 +118,31 @@ macro_rules! capabilities {
             }
 
             /// The state of a new instance of `function`, journaled in `calls`.
-            pub fn instance(&self, function: &Arc<str>, grants: &Grants, limits: crate::platform::runtime::Metered, calls: &Calls) -> InstanceState {
+            pub fn instance(
+                &self,
+                function: &Arc<str>,
+                grants: &Grants,
+                limits: crate::platform::runtime::Metered,
+                calls: &Calls,
+                started: std::time::Instant,
+            ) -> InstanceState {
                 InstanceState {
                     $( $name: self.$name.instance(function, &grants.$name, calls), )*
                     limits,
                     sandbox: Sandbox::new(),
-                    call_started: std::time::Instant::now(),
+                    call_started: started,
                     batch: None,
                 }
             }
         }
 
         impl InstanceState {
-            /// Readies a reused instance for the next record: every
-            /// capability's state is new (journaled in `calls`); the
-            /// sandbox and the limits stay.
-            pub fn renew(&mut self, services: &Services, function: &Arc<str>, grants: &Grants, calls: &Calls) {
+            /// Readies a reused instance for the next record, whose call
+            /// starts at `started`: every capability's state is new
+            /// (journaled in `calls`); the sandbox and the limits stay.
+            pub fn renew(&mut self, services: &Services, function: &Arc<str>, grants: &Grants, calls: &Calls, started: std::time::Instant) {
                 self.renew_capabilities(services, function, grants, calls);
-                self.call_started = std::time::Instant::now();
+                self.call_started = started;
             }
 
             /// Readies the capabilities for the next record of the call

@@ -841,7 +841,10 @@ impl Worker {
             let (parent, trace) = trace.unwrap_or_else(|| record_trace(&message));
             let span = tracing::info_span!("record", trace_id = %trace.trace_id(), partition = message.partition, offset = message.offset);
             let since = trace::otlp::enabled().then(SystemTime::now);
-            let step = trace::scope(trace, run.process(&message, new_record, &mut fence)).instrument(span).await;
+            // Boxed: the run's future, moved into a task's box and polled
+            // through two wrappers, is then small (it was 12 KiB, copied
+            // several times per record).
+            let step = trace::scope(trace, Box::pin(run.process(&message, new_record, &mut fence))).instrument(span).await;
             if let Some(since) = since {
                 run.export_span(&message, trace, parent, since, &step);
             }
@@ -1171,9 +1174,8 @@ impl Run {
             })
             .collect();
         let counters = self.counters_of(&deployment.version);
-        let started = Instant::now();
         let answer = deployment.function.run_batch(batch, &calls).await;
-        counters.handling.observe(started.elapsed().as_secs_f64());
+        counters.handling.observe(answer.took.as_secs_f64());
         // The records handled, counted and finished together: one lock of
         // the window, one add to each counter.
         let handled = &batch[..answer.handled];
@@ -1329,9 +1331,9 @@ impl Run {
             // have started it (new at these coordinates, and not an event
             // another delivery may have started).
             let calls = self.journal.calls(name.clone(), key.clone(), attempts == 1 && new_record, None);
-            let started = Instant::now();
-            let outcome = deployment.function.run(message, &calls).await.outcome;
-            counters.handling.observe(started.elapsed().as_secs_f64());
+            let invocation = deployment.function.run(message, &calls).await;
+            counters.handling.observe(invocation.took.as_secs_f64());
+            let outcome = invocation.outcome;
             if matches!(outcome, Outcome::Handled) {
                 counters.handled.inc();
             } else {
@@ -1382,7 +1384,7 @@ impl Run {
                     self.status.note("bad-input", message.partition, offset, &reason);
                     self.status.set_last_error(format!("bad input at offset {offset}: {reason}"));
                     let reason = format!("bad input: {reason}");
-                    return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence).await;
+                    return Box::pin(self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence)).await;
                 }
                 Outcome::Declined(HandlerError::GiveUp(reason)) => {
                     tracing::error!(function = %name, version, offset, "gave up: {reason}");
@@ -1408,7 +1410,7 @@ impl Run {
                             "retry budget spent ({declined} retry-later answers in {:?}): {reason}",
                             since.elapsed()
                         );
-                        return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence).await;
+                        return Box::pin(self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence)).await;
                     }
                     self.status.count(|c| &c.retried);
                     counters.retried.inc();
@@ -1425,7 +1427,7 @@ impl Run {
                     self.status.set_last_error(format!("failed at offset {offset}: {reason}"));
                     if failures >= policy.failures {
                         let reason = format!("failed {failures} times: {reason}");
-                        return self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence).await;
+                        return Box::pin(self.dead_letter_until_done(message, &reason, &deployment.version, attempts, fence)).await;
                     }
                     self.status.count(|c| &c.retried);
                     counters.retried.inc();
@@ -1441,7 +1443,9 @@ impl Run {
     }
 
     /// Dead-letters `message`, retrying with back-off until it is done
-    /// (then the record may be committed) or the trigger halts.
+    /// (then the record may be committed) or the trigger halts. Boxed where
+    /// it is awaited: a rare path, kept out of the size of every record's
+    /// future.
     async fn dead_letter_until_done(
         &self,
         message: &Message,
