@@ -1306,7 +1306,7 @@ impl Run {
     /// Runs one record through the function until it may be committed.
     /// `new_record`: no earlier owner of the partition can have started it.
     async fn process(&mut self, message: &Message, new_record: bool, fence: &mut Fence) -> Step {
-        let deployment = self.current();
+        let mut deployment = self.current();
         if let Some(filter) = &deployment.manifest.trigger.kafka.filter
             && !filter.matches(message)
         {
@@ -1321,7 +1321,10 @@ impl Run {
         let (mut attempts, mut declined, mut failures, mut outages) = (0u32, 0u32, 0u32, 0u32);
         let mut budget_since: Option<Instant> = None;
         loop {
-            let deployment = self.current();
+            // Each try runs the version deployed when it starts.
+            if attempts > 0 {
+                deployment = self.current();
+            }
             let counters = self.counters_of(&deployment.version);
             let policy = deployment.manifest.trigger.kafka.retry;
             let version = short(&deployment.version);
