@@ -395,10 +395,11 @@ async fn sigterm_finishes_the_call_in_flight_and_commits_it() {
 
 /// One record at a time, each produced at a different moment of the
 /// worker's wait (right away, or after a pause of up to 40 ms), on a
-/// long-lived producer: every one is handled, none waits on its partition
-/// queue for a wake-up that never comes. A record that did would sit until
-/// the queue is read for another reason (here: never, since the next record
-/// is only produced once this one is handled).
+/// long-lived producer: every one is handled. A record whose queue's
+/// wake-up was missed would sit, the next one being produced only once it
+/// is handled, until the worker's periodic look at its queue (a quarter
+/// second); without that look, for good, and the test would time out. How
+/// many the look found is printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_is_handled_however_it_meets_the_wait() {
     let (servers, host, _, topic) = start("wakeups", 1).await;

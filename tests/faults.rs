@@ -331,11 +331,13 @@ async fn a_failed_raise_of_the_journal_mark_is_written_again_before_a_record_pas
     signal(pid, "CONT");
     assert!(refused.is_err(), "a record past the mark started while no raise covering it was written");
 
-    // The database is back: the worker's raise is written (a step further
-    // than the first: raises that close together double it).
+    // The database is back: the worker's raise is written, a whole step
+    // past the record (how far the step has grown by then depends on how far
+    // apart the raises above came, which a loaded machine decides; the fast
+    // flow below checks the growth).
     assert!(once_answered!("the raise once the database is back", mark.ensure(MARK_STEP).await));
     let raised = mark.raised().unwrap();
-    assert!(raised > 2 * MARK_STEP, "the step did not grow between raises a moment apart: raised to {raised}");
+    assert!(raised >= 2 * MARK_STEP, "the raise covering the record at {MARK_STEP} went to {raised}");
     assert_eq!(once_answered!("reading the raised mark", journal.mark(function, topic, 0).await), raised);
     // The partition's next owner reads the journal of every record up to there.
     let mut next_owner = journal.partition_mark(function, topic, 0);

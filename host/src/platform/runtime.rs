@@ -346,7 +346,7 @@ impl Outcome {
 }
 
 /// A call's outcome, what the function logged during it, and how long it
-/// took (from taking an instance to giving it back).
+/// took (from taking an instance to the call's end).
 #[derive(Debug)]
 pub struct Invocation {
     pub outcome: Outcome,

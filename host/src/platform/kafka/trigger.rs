@@ -569,7 +569,8 @@ fn commit(consumer: &TriggerConsumer, mode: CommitMode, function: &str) {
 /// `max-in-flight` at once, those of one key one after the other.
 struct Worker {
     handler: Arc<Handler>,
-    /// The counters of the version its last run ran, handed to the next.
+    /// The counters of the version deployed when its last run began,
+    /// handed to the next run unless another version is deployed by then.
     counters: Option<Arc<VersionMetrics>>,
     halt: watch::Receiver<bool>,
     /// Where the state to stop in goes when the function cannot go on.
@@ -691,16 +692,14 @@ impl Worker {
                     };
                     self.finished(ran, &mut busy_keys, &mut taking, &mut waiting, &mut running, &flags);
                 }
-                Some(record) = stream.next(), if taking && waiting.len() < queue_limit => {
-                    look_again.reset();
-                    if !self.take_fetched(record, &mut stream, &flags, &mut mark, &mut waiting, queue_limit).await {
-                        taking = false;
-                    }
-                }
-                // Polled only when nothing above is ready: after a quarter
-                // second without a record read.
+                // Before the stream: once a quarter second went by without
+                // a record read, the worker looks at its queue itself, and a
+                // record there is one whose wake-up did not come (or one
+                // that came just as it looked). After the stream, the stream
+                // would take it first, as if woken.
                 _ = look_again.tick(), if taking && waiting.len() < queue_limit => {
                     if let Some(record) = stream.next().now_or_never().flatten() {
+                        look_again.reset();
                         let partition = record.as_ref().map(|r| r.partition()).ok();
                         tracing::warn!(
                             function = self.handler.status.name(),
@@ -710,6 +709,12 @@ impl Worker {
                         if !self.take_fetched(record, &mut stream, &flags, &mut mark, &mut waiting, queue_limit).await {
                             taking = false;
                         }
+                    }
+                }
+                Some(record) = stream.next(), if taking && waiting.len() < queue_limit => {
+                    look_again.reset();
+                    if !self.take_fetched(record, &mut stream, &flags, &mut mark, &mut waiting, queue_limit).await {
+                        taking = false;
                     }
                 }
             }
