@@ -110,8 +110,9 @@ const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 const MAX_OUTAGE_BACKOFF: Duration = Duration::from_secs(5);
 /// How often a worker waiting between two tries looks for a revocation.
 const REVOCATION_CHECK: Duration = Duration::from_millis(100);
-/// How long a partition's queue may give its worker nothing before the
-/// worker reads it anyway. librdkafka calls a queue's wake-up only when the
+/// How often a worker looks whether its partition's queue gave it nothing
+/// since its last look, and if so reads the queue itself: a record waits at
+/// most twice this for a wake-up that did not come. librdkafka calls a queue's wake-up only when the
 /// queue goes from empty to non-empty, and that edge can be missed
 /// (rust-rdkafka #665; split queues have no fallback of their own, #840): a
 /// worker would then sleep with records in its queue, for good, since no
@@ -627,9 +628,12 @@ impl Worker {
         // One stream for the worker's life: making one registers a waker
         // with the queue, under a lock, and dropping it unregisters it.
         let mut stream = queue.stream();
+        // A fixed tick, never reset: resetting it per record read would
+        // register its timer anew each time (the timer wheel's lock).
         let mut look_again = tokio::time::interval(QUEUE_LOOK_AGAIN);
         look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         look_again.reset();
+        let mut read_since_look = false;
         loop {
             let (max, inline, batch) = self.handler.scheduling();
             // Room for a whole batch to form while the slots are taken.
@@ -692,14 +696,15 @@ impl Worker {
                     };
                     self.finished(ran, &mut busy_keys, &mut taking, &mut waiting, &mut running, &flags);
                 }
-                // Before the stream: once a quarter second went by without
-                // a record read, the worker looks at its queue itself, and a
-                // record there is one whose wake-up did not come (or one
+                // Before the stream: when no record was read since the last
+                // tick, the worker looks at its queue itself, and a record
+                // there is one whose wake-up did not come (or, rarely, one
                 // that came just as it looked). After the stream, the stream
                 // would take it first, as if woken.
                 _ = look_again.tick(), if taking && waiting.len() < queue_limit => {
-                    if let Some(record) = stream.next().now_or_never().flatten() {
-                        look_again.reset();
+                    if std::mem::take(&mut read_since_look) {
+                        // The queue is being read; nothing to look for.
+                    } else if let Some(record) = stream.next().now_or_never().flatten() {
                         let partition = record.as_ref().map(|r| r.partition()).ok();
                         tracing::warn!(
                             function = self.handler.status.name(),
@@ -712,7 +717,7 @@ impl Worker {
                     }
                 }
                 Some(record) = stream.next(), if taking && waiting.len() < queue_limit => {
-                    look_again.reset();
+                    read_since_look = true;
                     if !self.take_fetched(record, &mut stream, &flags, &mut mark, &mut waiting, queue_limit).await {
                         taking = false;
                     }
