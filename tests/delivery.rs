@@ -67,8 +67,9 @@ async fn a_record_delivered_again_has_its_effects_once() {
     deploy(&host, name, &alerts_manifest(name, &topic, "first"), &component).await;
 
     let stores: Vec<String> = (0..10).map(|i| format!("Again {run} {i}")).collect();
+    let producer = support::producer(&servers.kafka_brokers);
     for store in &stores {
-        produce(&servers.kafka_brokers, &topic, None, store, &alert_event(store), &[]).await;
+        support::send(&producer, &topic, None, store, &alert_event(store), &[]).await;
     }
     counter_reaches(&host, name, "handled", 10, Duration::from_secs(60)).await;
 
@@ -106,11 +107,12 @@ async fn a_duplicate_event_has_its_effects_once() {
 
     let store = format!("Twice {run}");
     let event_id = uuid::Uuid::new_v4().to_string();
+    let producer = support::producer(&servers.kafka_brokers);
     for _ in 0..2 {
-        produce(&servers.kafka_brokers, &topic, None, &store, &alert_event(&store), &[("runnel-event-id", &event_id)]).await;
+        support::send(&producer, &topic, None, &store, &alert_event(&store), &[("runnel-event-id", &event_id)]).await;
     }
     // A different event of the same store is not a duplicate.
-    produce(&servers.kafka_brokers, &topic, None, &store, &alert_event(&store), &[("runnel-event-id", "another")]).await;
+    support::send(&producer, &topic, None, &store, &alert_event(&store), &[("runnel-event-id", "another")]).await;
     let counters = counter_reaches(&host, name, "handled", 3, Duration::from_secs(60)).await;
     assert_eq!(counters["replayed"], 1, "{counters}");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -139,10 +141,11 @@ async fn other_keys_pass_a_retried_record_and_its_own_key_waits() {
     let hold = Duration::from_secs(30);
     let until = chrono::Utc::now().timestamp_millis() + hold.as_millis() as i64;
     let started = Instant::now();
-    produce(&servers.kafka_brokers, &topic, Some(0), "slow", format!("retry-until:{until}").as_bytes(), &[]).await;
-    produce(&servers.kafka_brokers, &topic, Some(0), "slow", b"ok", &[]).await;
+    let producer = support::producer(&servers.kafka_brokers);
+    support::send(&producer, &topic, Some(0), "slow", format!("retry-until:{until}").as_bytes(), &[]).await;
+    support::send(&producer, &topic, Some(0), "slow", b"ok", &[]).await;
     for i in 0..5 {
-        produce(&servers.kafka_brokers, &topic, Some(0), &format!("fast-{i}"), b"ok", &[]).await;
+        support::send(&producer, &topic, Some(0), &format!("fast-{i}"), b"ok", &[]).await;
     }
     // The five other keys are handled while offset 0 is retried; offset 1
     // (its key) is not, and nothing is committed past offset 0.
@@ -183,15 +186,16 @@ async fn a_long_retry_keeps_the_group_and_other_partitions_flowing() {
 
     let started = Instant::now();
     let until = chrono::Utc::now().timestamp_millis() + (secs * 1000) as i64;
-    produce(&servers.kafka_brokers, &topic, Some(0), "slow", format!("retry-until:{until}").as_bytes(), &[]).await;
+    let producer = support::producer(&servers.kafka_brokers);
+    support::send(&producer, &topic, Some(0), "slow", format!("retry-until:{until}").as_bytes(), &[]).await;
     for _ in 0..5 {
-        produce(&servers.kafka_brokers, &topic, Some(1), "fast", b"ok", &[]).await;
+        support::send(&producer, &topic, Some(1), "fast", b"ok", &[]).await;
     }
     counter_reaches(&host, name, "handled", 5, Duration::from_secs(60)).await;
     // Past the consumer's poll interval, the other partition still flows.
     tokio::time::sleep(Duration::from_secs(secs * 5 / 6).saturating_sub(started.elapsed())).await;
     for _ in 0..5 {
-        produce(&servers.kafka_brokers, &topic, Some(1), "fast", b"ok", &[]).await;
+        support::send(&producer, &topic, Some(1), "fast", b"ok", &[]).await;
     }
     let counters = counter_reaches(&host, name, "handled", 10, Duration::from_secs(30)).await;
     assert!(started.elapsed() < Duration::from_secs(secs), "took too long to show anything: {counters}");
@@ -261,6 +265,12 @@ async fn journal_cost_per_call() {
     assert!(ratio < 4.0, "a journal write costs {ratio:.1} plain inserts");
 }
 
+/// A function's manifest with nothing but its name and topic: every
+/// setting at its default.
+fn plain_manifest(name: &str, topic: &str) -> String {
+    format!("name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\n")
+}
+
 /// Runs the `runnel` command against `host`; its exit code and output.
 fn runnel(host: &Host, args: &[&str]) -> (i32, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
@@ -282,7 +292,7 @@ async fn a_dead_letter_replayed_after_the_fix_is_handled_once() {
     let (servers, host, run, topic) = start("replay", 1).await;
     let name = "replayed";
     // The broken version: the probe fixture refuses a store event as bad input.
-    let broken = format!("name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\n");
+    let broken = plain_manifest(name, &topic);
     deploy(&host, name, &broken, &support::fixture("probe")).await;
     let store = format!("Replayed {run}");
     produce(&servers.kafka_brokers, &topic, None, &store, &alert_event(&store), &[]).await;
@@ -346,7 +356,7 @@ async fn a_dead_letter_replayed_after_the_fix_is_handled_once() {
 async fn sigterm_finishes_the_call_in_flight_and_commits_it() {
     let (servers, host, _, topic) = start("sigterm", 1).await;
     let name = "sigterm";
-    let manifest = format!("name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\n");
+    let manifest = plain_manifest(name, &topic);
     deploy(&host, name, &manifest, &support::fixture("probe")).await;
     produce(&servers.kafka_brokers, &topic, None, "warm", b"ok", &[]).await;
     counter_reaches(&host, name, "handled", 1, Duration::from_secs(60)).await;
@@ -405,7 +415,7 @@ async fn sigterm_finishes_the_call_in_flight_and_commits_it() {
 async fn every_record_is_handled_however_it_meets_the_wait() {
     let (servers, host, _, topic) = start("wakeups", 1).await;
     let name = "wakeups";
-    let manifest = format!("name = '{name}'\n[trigger.kafka]\ntopic = '{topic}'\n");
+    let manifest = plain_manifest(name, &topic);
     deploy(&host, name, &manifest, &support::fixture("noop")).await;
     let producer = support::producer(&servers.kafka_brokers);
     // The first record waits for the assignment.

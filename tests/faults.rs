@@ -139,9 +139,10 @@ async fn hung_and_restarted_services_lose_and_double_nothing() {
         let names: Vec<String> = (0..10).map(|i| format!("{prefix}{i}")).collect();
         signal(db_pid, "STOP");
         let hung = Instant::now();
+        let producer = support::producer(&own.servers.kafka_brokers);
         for name in &names {
             let event = serde_json::to_vec(&json!({ "storeName": name, "storeStatus": "CLOSED" })).unwrap();
-            support::produce(&own.servers.kafka_brokers, "store-alerts-topic", None, &store, &event, &[]).await;
+            support::send(&producer, "store-alerts-topic", None, &store, &event, &[]).await;
         }
         tokio::time::sleep(Duration::from_secs(secs).saturating_sub(hung.elapsed())).await;
         signal(db_pid, "CONT");

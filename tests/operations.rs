@@ -294,8 +294,9 @@ async fn metrics_are_present_and_move_with_traffic() {
     let manifest = format!("name = 'metrics-probe'\n[trigger.kafka]\ntopic = '{topic}'\ngroup = '{topic}'\n[reuse]\nmax-messages = 1000\nmax-seconds = 600\n");
     let (status, body) = host.deploy("metrics-probe", &manifest, &support::fixture("probe")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let producer = support::producer(&servers.kafka_brokers);
     for i in 0..5 {
-        support::produce(&servers.kafka_brokers, &topic, None, &format!("k{i}"), b"ok", &[]).await;
+        support::send(&producer, &topic, None, &format!("k{i}"), b"ok", &[]).await;
     }
 
     let after = eventually(Duration::from_secs(60), "the metrics to show the traffic", || async {
