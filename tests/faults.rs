@@ -356,3 +356,53 @@ async fn a_failed_raise_of_the_journal_mark_is_written_again_before_a_record_pas
     let written = once_answered!("reading the mark after the fast flow", journal.mark(function, topic, 0).await);
     assert!(written > raised + 200_000 - 1 && written <= raised + 200_000 + 2 * MAX_MARK_STEP, "mark {written} after the fast flow");
 }
+
+/// A topic made anew numbers its records from 0 again: the new record at
+/// offset 0 is not the old one, and neither the journal (which answered the
+/// old one's calls) nor the insert's id derived from its record may take it
+/// for a delivery of the old one. The broker keeps its topics in memory, so
+/// starting it again is the topic deleted and made again, as in development.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_a_topic_made_anew_is_not_the_old_one_at_its_offset() {
+    let mut own = OwnServers::start().await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let database = format!("faults_anew_{run}");
+    let (topic, name) = ("made-anew", "made-anew");
+    let manifest = support::recorder_manifest(name, topic, name, "recorded", "v1");
+    let (uri, db) = (own.servers.mongodb_uri.clone(), database.clone());
+    let recorded = |key: &'static str| {
+        let (uri, database) = (uri.clone(), db.clone());
+        async move {
+            support::documents(&uri, &database, "recorded").await.into_iter().filter(|d| d["key"] == key).collect::<Vec<_>>()
+        }
+    };
+
+    support::create_topic(&own.servers.kafka_brokers, topic, 1).await;
+    let host = Host::start_on(&own.servers, &database, &[]).await;
+    let (status, body) = host.deploy(name, &manifest, &support::fixture("recorder")).await;
+    assert!(status.is_success(), "{status} {body}");
+    support::produce(&own.servers.kafka_brokers, topic, Some(0), "old", b"old", &[]).await;
+    let old = eventually(Duration::from_secs(60), "the old record recorded", || async {
+        let found = recorded("old").await;
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    assert_eq!(old[0]["offset"], 0, "{old:?}");
+    host.terminate().await;
+
+    own.restart_broker().await;
+    support::create_topic(&own.servers.kafka_brokers, topic, 1).await;
+    support::produce(&own.servers.kafka_brokers, topic, Some(0), "new", b"new", &[]).await;
+    // The deployment is kept in the database: the next host runs it.
+    let host = Host::start_on(&own.servers, &database, &[]).await;
+    let new = eventually(Duration::from_secs(60), "the new record at offset 0 recorded", || async {
+        let found = recorded("new").await;
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0]["offset"], 0, "the new topic's first record: {new:?}");
+    assert_eq!(recorded("old").await.len(), 1, "the old record recorded once");
+    let counters = host.counters(name).await;
+    assert_eq!(counters["replayed"], 0, "no call answered from the old record's journal: {counters}");
+}

@@ -656,6 +656,19 @@ impl OwnServers {
         cmd
     }
 
+    /// Kills the broker and starts another on its port. It keeps its data
+    /// in memory, so the new one has no topics and no committed offsets: as
+    /// if every topic were deleted and made again.
+    pub async fn restart_broker(&mut self) {
+        self.broker.kill().await.unwrap();
+        let port: u16 = self.servers.kafka_brokers.rsplit(':').next().unwrap().parse().unwrap();
+        let tansu = std::env::var("RUNNEL_TANSU_BIN").unwrap();
+        let mut cmd = broker_command(&tansu, port);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null()).kill_on_drop(true);
+        self.broker = cmd.spawn().unwrap();
+        assert!(wait_listening(&mut self.broker, port, "the broker again").await, "the broker did not start again");
+    }
+
     /// Kills the SMTP server (its mail stays) and starts it again after `down`.
     pub async fn restart_smtp(&mut self, down: Duration) {
         self.smtp.kill().await.unwrap();

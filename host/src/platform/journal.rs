@@ -146,26 +146,33 @@ impl Journal {
         format!("{function}\u{1f}{topic}/{partition}\u{1f}started-below")
     }
 
-    fn replayed_id(function: &str, partition: i32, offset: i64) -> String {
-        format!("{function}\u{1f}dead-letter/{partition}/{offset}\u{1f}replayed")
+    /// With the dead letter's timestamp, when it has one (as a record's
+    /// key, see [`RecordKey::id`]: a dead-letter topic made anew numbers
+    /// its dead letters from 0 again).
+    fn replayed_id(function: &str, partition: i32, offset: i64, at: Option<i64>) -> String {
+        match at {
+            Some(at) => format!("{function}\u{1f}dead-letter/{partition}/{offset}@{at}\u{1f}replayed"),
+            None => format!("{function}\u{1f}dead-letter/{partition}/{offset}\u{1f}replayed"),
+        }
     }
 
-    /// Whether the dead letter at `partition`/`offset` of `function`'s
-    /// dead-letter topic was replayed and handled before.
-    pub async fn replayed_before(&self, function: &str, partition: i32, offset: i64) -> Result<bool, JournalUnavailable> {
-        let find = self.0.entries.find_one(doc! { "_id": Self::replayed_id(function, partition, offset) });
+    /// Whether the dead letter at `partition`/`offset` (with the timestamp
+    /// `at`) of `function`'s dead-letter topic was replayed and handled before.
+    pub async fn replayed_before(&self, function: &str, partition: i32, offset: i64, at: Option<i64>) -> Result<bool, JournalUnavailable> {
+        let find = self.0.entries.find_one(doc! { "_id": Self::replayed_id(function, partition, offset, at) });
         Ok(bounded(self.0.timeout, find.into_future()).await?.is_some())
     }
 
-    /// Remembers that the dead letter at `partition`/`offset` was replayed
-    /// and handled (for as long as unhandled records' journals are kept).
-    pub async fn mark_replayed(&self, function: &str, partition: i32, offset: i64) -> Result<(), JournalUnavailable> {
+    /// Remembers that the dead letter at `partition`/`offset` (with the
+    /// timestamp `at`) was replayed and handled (for as long as unhandled
+    /// records' journals are kept).
+    pub async fn mark_replayed(&self, function: &str, partition: i32, offset: i64, at: Option<i64>) -> Result<(), JournalUnavailable> {
         let expire_at = DateTime::from_system_time(std::time::SystemTime::now() + KEPT_DEAD_LETTERED);
         let mark = self
             .0
             .entries
             .update_one(
-                doc! { "_id": Self::replayed_id(function, partition, offset) },
+                doc! { "_id": Self::replayed_id(function, partition, offset, at) },
                 doc! { "$set": { "function": function, "replayedAt": DateTime::now(), "expireAt": expire_at } },
             )
             .upsert(true);
@@ -473,6 +480,8 @@ pub struct RecordKey {
     pub offset: i64,
     /// The event id the producer gave the record (`runnel-event-id`).
     event: Option<Arc<str>>,
+    /// The record's timestamp, when it has one.
+    timestamp_ms: Option<i64>,
     id: OnceLock<Arc<str>>,
 }
 
@@ -482,16 +491,29 @@ impl RecordKey {
 
     pub fn new(topic: impl Into<Arc<str>>, partition: i32, offset: i64, event_id: Option<&str>) -> Self {
         let event = event_id.filter(|event| !event.is_empty()).map(Arc::from);
-        RecordKey { topic: topic.into(), partition, offset, event, id: OnceLock::new() }
+        RecordKey { topic: topic.into(), partition, offset, event, timestamp_ms: None, id: OnceLock::new() }
+    }
+
+    /// The key of a record with the timestamp `timestamp_ms` (the one its
+    /// log holds, so the same at every delivery).
+    pub fn at(mut self, timestamp_ms: Option<i64>) -> Self {
+        self.timestamp_ms = timestamp_ms;
+        self.id = OnceLock::new();
+        self
     }
 
     /// The record's identity: the event id the producer gave it, so that a
     /// duplicate of an event is the same record; otherwise its topic,
-    /// partition and offset.
+    /// partition, offset and timestamp. An offset alone names a record only
+    /// for its topic's life: a topic deleted and made again (or a broker
+    /// that kept its topics in memory, started again) numbers its records
+    /// from 0 again, and a new record must not be answered from the journal
+    /// of the old one at its offset.
     pub fn id(&self) -> &str {
-        self.id.get_or_init(|| match &self.event {
-            Some(event) => format!("event:{event}").into(),
-            None => format!("{}/{}/{}", self.topic, self.partition, self.offset).into(),
+        self.id.get_or_init(|| match (&self.event, self.timestamp_ms) {
+            (Some(event), _) => format!("event:{event}").into(),
+            (None, Some(at)) => format!("{}/{}/{}@{at}", self.topic, self.partition, self.offset).into(),
+            (None, None) => format!("{}/{}/{}", self.topic, self.partition, self.offset).into(),
         })
     }
 }

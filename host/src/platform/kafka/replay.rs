@@ -228,14 +228,17 @@ pub async fn replay(
             ranges.remove(&p);
         }
         let message = super::trigger::to_wit(&record);
-        let (message, dead_letter) = if dead_letters {
+        let (message, key_timestamp, dead_letter) = if dead_letters {
             match original(&message, &name) {
-                Some(original) => {
-                    if journal.replayed_before(&name, p, offset).await? {
+                Some((original, key_timestamp)) => {
+                    // Dead letters written before timestamps were part of
+                    // the keys (no source timestamp) are remembered without.
+                    let at = key_timestamp.and(message.timestamp_ms);
+                    if journal.replayed_before(&name, p, offset, at).await? {
                         report.skipped += 1;
                         continue;
                     }
-                    (original, Some((p, offset)))
+                    (original, key_timestamp, Some((p, offset, at)))
                 }
                 None => {
                     report.ignored += 1;
@@ -243,10 +246,11 @@ pub async fn replay(
                 }
             }
         } else {
-            (message, None)
+            let timestamp = message.timestamp_ms;
+            (message, timestamp, None)
         };
         let event_id = header(&message, RecordKey::EVENT_ID_HEADER).map(String::from);
-        let key = RecordKey::new(message.topic.as_str(), message.partition, message.offset, event_id.as_deref());
+        let key = RecordKey::new(message.topic.as_str(), message.partition, message.offset, event_id.as_deref()).at(key_timestamp);
         let calls = journal.calls(name.clone(), key, false, None);
         let outcome = deployment.function.run(&message, &calls).await.outcome;
         let stats = calls.stats().await;
@@ -261,8 +265,8 @@ pub async fn replay(
         );
         if matches!(outcome, Outcome::Handled) {
             calls.handled().await;
-            if let Some((p, offset)) = dead_letter {
-                journal.mark_replayed(&name, p, offset).await?;
+            if let Some((p, offset, at)) = dead_letter {
+                journal.mark_replayed(&name, p, offset, at).await?;
             }
         } else {
             calls.unhandled(KEPT_DEAD_LETTERED).await;
@@ -275,15 +279,19 @@ fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
     message.headers.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(&h.value).ok())
 }
 
-/// The record a dead letter of `function` was, with its own coordinates and
-/// headers; `None` for another function's, or one without its origin.
-fn original(dead_letter: &Message, function: &str) -> Option<Message> {
+/// The record a dead letter of `function` was, with its own coordinates,
+/// timestamp and headers, and the timestamp of its journal's key; `None`
+/// for another function's, or one without its origin.
+fn original(dead_letter: &Message, function: &str) -> Option<(Message, Option<i64>)> {
     if header(dead_letter, "runnel-function")? != function {
         return None;
     }
     let topic = header(dead_letter, "runnel-source-topic")?.to_string();
     let partition = header(dead_letter, "runnel-source-partition")?.parse().ok()?;
     let offset = header(dead_letter, "runnel-source-offset")?.parse().ok()?;
+    // Dead letters written before their records' timestamps were part of
+    // the journal's keys have none, and their journals no timestamp.
+    let timestamp_ms = header(dead_letter, "runnel-source-timestamp").and_then(|at| at.parse().ok());
     const ADDED: &[&str] = &[
         "runnel-function",
         "runnel-version",
@@ -292,7 +300,9 @@ fn original(dead_letter: &Message, function: &str) -> Option<Message> {
         "runnel-source-topic",
         "runnel-source-partition",
         "runnel-source-offset",
+        "runnel-source-timestamp",
     ];
     let headers = dead_letter.headers.iter().filter(|h| !ADDED.contains(&h.key.as_str())).cloned().collect();
-    Some(Message { topic, partition, offset, headers, ..dead_letter.clone() })
+    let original = Message { topic, partition, offset, timestamp_ms: timestamp_ms.or(dead_letter.timestamp_ms), headers, ..dead_letter.clone() };
+    Some((original, timestamp_ms))
 }

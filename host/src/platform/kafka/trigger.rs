@@ -452,7 +452,14 @@ impl Trigger {
                         queues.insert(partition, queue);
                     }
                     let Some(queue) = queues.get(&partition).cloned() else { continue };
-                    let worker = Worker { handler: self.handler(), counters: None, halt: halt.clone(), ended: ended_tx.clone() };
+                    let worker = Worker {
+                        handler: self.handler(),
+                        counters: None,
+                        halt: halt.clone(),
+                        ended: ended_tx.clone(),
+                        last_taken: None,
+                        rewound: None,
+                    };
                     let mark = self.journal.partition_mark(&name, &self.topic, partition);
                     tasks.spawn(worker.run(queue, flags, mark));
                 }
@@ -576,6 +583,15 @@ struct Worker {
     halt: watch::Receiver<bool>,
     /// Where the state to stop in goes when the function cannot go on.
     ended: mpsc::UnboundedSender<FunctionState>,
+    /// The offset of the last record taken. A record at or before it means
+    /// the partition's offsets went back within one assignment (its log
+    /// truncated, or the topic made anew while the consumer kept it).
+    last_taken: Option<i64>,
+    /// Such a record, held, and nothing read past it, until every record
+    /// taken before it is finished: the window then starts afresh from it.
+    /// The window's offsets only ever increase, so that each finished
+    /// offset names one record.
+    rewound: Option<(Message, bool)>,
 }
 
 /// The records a worker has taken and not finished, in offset order: the
@@ -592,7 +608,10 @@ struct Window {
 impl Window {
     /// Takes `offsets`, each past those taken before.
     fn take_all(&mut self, offsets: impl IntoIterator<Item = i64>) {
-        self.taken.extend(offsets.into_iter().map(|offset| (offset, false)));
+        for offset in offsets {
+            debug_assert!(self.taken.back().is_none_or(|&(last, _)| last < offset), "offset {offset} taken after {:?}", self.taken.back());
+            self.taken.push_back((offset, false));
+        }
     }
 
     /// Marks `offset` finished.
@@ -638,6 +657,23 @@ impl Worker {
             let (max, inline, batch) = self.handler.scheduling();
             // Room for a whole batch to form while the slots are taken.
             let queue_limit = QUEUED_PER_PARTITION.max(batch);
+            if taking
+                && waiting.is_empty()
+                && running.is_empty()
+                && let Some((message, new_record)) = self.rewound.take()
+            {
+                // Every record taken before it is finished (a record that
+                // was not would have stopped the worker taking): the window
+                // is empty.
+                self.last_taken = Some(message.offset);
+                let mut window = flags.window();
+                window.take_all([message.offset]);
+                // What it finished last is of the log before: the next
+                // commit names this record, the first of the log now.
+                window.finished = Some(message.offset - 1);
+                drop(window);
+                waiting.push_back((message, new_record));
+            }
             if taking {
                 while running.len() < max && taking {
                     let mut picked = pick(&mut waiting, &busy_keys, batch);
@@ -682,6 +718,12 @@ impl Worker {
             if !taking && running.is_empty() {
                 return;
             }
+            if taking && self.rewound.is_some() && waiting.is_empty() && running.is_empty() {
+                // The records before the held one all finished just now,
+                // run inline: it goes on at once.
+                continue;
+            }
+            let reading = taking && waiting.len() < queue_limit && self.rewound.is_none();
             tokio::select! {
                 biased;
                 () = stopped(&mut self.halt), if taking => taking = false,
@@ -701,7 +743,7 @@ impl Worker {
                 // there is one whose wake-up did not come (or, rarely, one
                 // that came just as it looked). After the stream, the stream
                 // would take it first, as if woken.
-                _ = look_again.tick(), if taking && waiting.len() < queue_limit => {
+                _ = look_again.tick(), if reading => {
                     if std::mem::take(&mut read_since_look) {
                         // The queue is being read; nothing to look for.
                     } else if let Some(record) = stream.next().now_or_never().flatten() {
@@ -716,7 +758,7 @@ impl Worker {
                         }
                     }
                 }
-                Some(record) = stream.next(), if taking && waiting.len() < queue_limit => {
+                Some(record) = stream.next(), if reading => {
                     read_since_look = true;
                     if !self.take_fetched(record, &mut stream, &flags, &mut mark, &mut waiting, queue_limit).await {
                         taking = false;
@@ -726,6 +768,7 @@ impl Worker {
             if !taking {
                 // Left to the partition's next owner (or this worker's next start).
                 waiting.clear();
+                self.rewound = None;
             }
         }
     }
@@ -760,6 +803,18 @@ impl Worker {
                 // journal; a mark raised by a revoked worker only makes the
                 // next owner read more journals.
                 let Some(new_record) = self.ensure_mark(&message, flags, mark).await else { break 'drain false };
+                if let Some(last) = self.last_taken
+                    && message.offset <= last
+                {
+                    tracing::warn!(
+                        function = self.handler.status.name(), partition = message.partition, from = last, to = message.offset,
+                        "the partition's offsets went back (its log truncated, or the topic made anew): \
+                         the records taken before finish first, then it goes on from there"
+                    );
+                    self.rewound = Some((message, new_record));
+                    break 'drain true;
+                }
+                self.last_taken = Some(message.offset);
                 waiting.push_back((message, new_record));
                 // Once revoked (or halting), nothing more is read.
                 if waiting.len() < queue_limit && !flags.is_revoked() && !*self.halt.borrow() {
@@ -1127,7 +1182,7 @@ impl Handler {
             .find(|h| h.key == RecordKey::EVENT_ID_HEADER)
             .and_then(|h| std::str::from_utf8(&h.value).ok());
         let topic = if *self.topic == *message.topic { self.topic.clone() } else { Arc::from(message.topic.as_str()) };
-        RecordKey::new(topic, message.partition, message.offset, event_id)
+        RecordKey::new(topic, message.partition, message.offset, event_id).at(message.timestamp_ms)
     }
 
 }
@@ -1500,6 +1555,11 @@ impl Run {
             message.headers.iter().map(|h| (h.key.as_str(), h.value.clone())).collect();
         let partition = message.partition.to_string();
         let offset = message.offset.to_string();
+        // The record's timestamp is part of its journal key: a replay finds
+        // the journal of its tries with it.
+        if let Some(at) = message.timestamp_ms {
+            headers.push(("runnel-source-timestamp", at.to_string().into_bytes()));
+        }
         headers.extend([
             ("runnel-function", self.status.name().as_bytes().to_vec()),
             ("runnel-version", version.as_bytes().to_vec()),
@@ -1550,5 +1610,44 @@ pub(super) fn to_wit(record: &BorrowedMessage<'_>) -> Message {
             })
             .unwrap_or_default(),
         timestamp_ms: record.timestamp().to_millis(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Window;
+
+    /// The offset to store is that of the last record before the first
+    /// unfinished one, however the records finish.
+    #[test]
+    fn the_window_stores_the_last_offset_before_the_first_unfinished_one() {
+        let mut window = Window::default();
+        window.take_all(10..15);
+        window.finish(12);
+        assert_eq!(window.finished.take(), None, "10 and 11 are not finished");
+        window.finish(10);
+        assert_eq!(window.finished.take(), Some(10));
+        window.finish_all([11, 14]);
+        assert_eq!(window.finished.take(), Some(12), "13 is not finished");
+        // An offset it never took changes nothing.
+        window.finish(99);
+        assert_eq!(window.finished.take(), None);
+        window.finish(13);
+        assert_eq!(window.finished.take(), Some(14));
+        assert!(window.taken.is_empty());
+        window.take_all([20]);
+        window.finish(20);
+        assert_eq!(window.finished.take(), Some(20));
+    }
+
+    /// The window's offsets only increase: a partition's offsets that went
+    /// back are held by the worker until the window is empty.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "offset 5 taken after")]
+    fn the_window_takes_no_offset_before_one_it_holds() {
+        let mut window = Window::default();
+        window.take_all([10, 11]);
+        window.take_all([5]);
     }
 }
